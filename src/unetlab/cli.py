@@ -1,0 +1,93 @@
+"""The command line: ``unetlab train | predict | evaluate | demo | weights | augment | export |
+report``.
+
+Each verb lives in ``unetlab.commands.<verb>`` and provides ``HELP`` (one line),
+``DESCRIPTION`` (the ``--help`` text, with examples), ``add_arguments(parser)`` and
+``run(args) -> int``. User errors (:class:`unetlab.errors.UnetlabError`, wrong arguments, missing
+or unreadable files) print one line ``unetlab: error: ...`` and exit with code 2; ``--debug``
+shows the traceback instead. Ctrl-C exits with code 130 after the verb has saved what it can.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from .errors import UnetlabError
+
+VERBS = ("train", "predict", "evaluate", "demo", "weights", "augment", "export", "report")
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports wrong arguments in one line (exit code 2)."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog="unetlab",
+        description="U-Net (Ronneberger, Fischer & Brox 2015) for microscopy segmentation: "
+                    "train from a few annotated images, predict huge images tile by tile, "
+                    "evaluate with the ISBI 2012 and cell metrics.",
+        epilog="Run 'unetlab VERB --help' for the options and examples of each verb.",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"unetlab {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_OneLineParser)
+    for verb in VERBS:
+        try:
+            mod = importlib.import_module(f"unetlab.commands.{verb}")
+        except ModuleNotFoundError as e:
+            if e.name == f"unetlab.commands.{verb}":
+                continue
+            raise
+        p = sub.add_parser(verb, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--debug", action="store_true",
+                       help="show the full traceback on errors")
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 2
+    debug = getattr(args, "debug", False)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("unetlab: interrupted", file=sys.stderr)
+        return 130
+    except (UnetlabError, FileNotFoundError, PermissionError, IsADirectoryError,
+            NotADirectoryError) as e:
+        if debug:
+            raise
+        print(f"unetlab: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if debug:
+            raise
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"unetlab: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename is not None and not isinstance(e, UnetlabError):
+        return f"{e.filename}: {e.strerror or e}"
+    text = str(e).strip() or type(e).__name__
+    return " ".join(text.split())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
