@@ -1,0 +1,166 @@
+"""``unetlab evaluate``: files and folders in, the organisers' numbers out (JSON, CSV, pictures),
+one-line errors for bad input."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+
+from unetlab import metrics
+from unetlab.cli import main
+from unetlab.commands.evaluate import to_probability
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "examples" / "metrics"
+
+
+def _example(name):
+    d = EXAMPLES / name
+    if not (d / "expected_fiji.json").exists():
+        pytest.skip(f"shared example not available: {d}")
+    return (np.load(d / "gt.npy"), np.load(d / "prob.npy"),
+            json.loads((d / "expected_fiji.json").read_text()))
+
+
+def _folders(tmp_path):
+    """em1 and em2 as a folder of float TIFF predictions and a folder of 8-bit PNG labels."""
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir()
+    gt.mkdir()
+    for name in ("em1_tradeoff_free", "em2_tradeoff"):
+        g, p, _ = _example(name)
+        tifffile.imwrite(pred / f"{name}_prob.tif", p.astype(np.float32))
+        iio.imwrite(gt / f"{name}.png", (g * 255).astype(np.uint8))
+    return pred, gt
+
+
+def test_isbi_folders_reproduce_fiji_and_write_outputs(tmp_path, capsys):
+    pred, gt = _folders(tmp_path)
+    out = tmp_path / "out"
+    assert main(["evaluate", str(pred), str(gt), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "warping error" in printed and "Rand error" in printed
+
+    g1, p1, _ = _example("em1_tradeoff_free")
+    g2, p2, _ = _example("em2_tradeoff")
+    expect = metrics.isbi2012(np.stack([g1, g2]), np.stack([p1, p2]))
+    res = json.loads((out / "metrics.json").read_text())
+    for k in ("pixel_error", "rand_error", "warping_error"):
+        assert res[k] == pytest.approx(expect[k], abs=1e-12)
+    assert res["slices"] == ["em1_tradeoff_free", "em2_tradeoff"]
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert len(rows) == 11
+    assert float(rows[5]["rand_f"]) == pytest.approx(expect["per_threshold"][5]["rand_f"])
+    # pictures at the best warping threshold: cyan marks exactly where merges are, red where
+    # splits are
+    th = res["warping_threshold"]
+    cls = metrics.warping_classes(g2, p2, th)
+    pic = iio.imread(out / "slice_em2_tradeoff.png")
+    assert pic.shape == (10, 10, 3)
+    cyan = (pic == (0, 255, 255)).all(axis=2)
+    red = (pic == (255, 0, 0)).all(axis=2)
+    assert cyan.any() == bool((cls == metrics.MERGE).any())
+    assert red.any() == bool((cls == metrics.SPLIT).any())
+    assert not list(out.glob(".*tmp*"))  # atomic writes left no temporary files
+
+
+def test_single_slice_example_matches_expected_json(tmp_path):
+    g, p, exp = _example("em2_tradeoff")
+    tifffile.imwrite(tmp_path / "prob.tif", p)
+    tifffile.imwrite(tmp_path / "gt.tif", g.astype(np.uint8) * 255)
+    out = tmp_path / "o"
+    assert main(["evaluate", str(tmp_path / "prob.tif"), str(tmp_path / "gt.tif"),
+                 "--out", str(out), "--no-pictures", "--thinning"]) == 0
+    res = json.loads((out / "metrics.json").read_text())
+    assert res["warping_error"] == pytest.approx(exp["isbi2012_warping_error"], abs=1e-9)
+    assert res["rand_error"] == pytest.approx(exp["isbi2012_rand_error"], abs=1e-9)
+    assert res["pixel_error"] == pytest.approx(exp["isbi2012_pixel_error"], abs=1e-9)
+    assert res["vrand"] == pytest.approx(exp["isbi2012_max_vrand_thinned"], abs=1e-9)
+    assert res["vinfo"] == pytest.approx(exp["isbi2012_max_vinfo_thinned"], abs=1e-9)
+    assert not list(out.glob("*.png"))
+
+
+def test_stacks_and_invert(tmp_path):
+    g1, p1, _ = _example("em1_tradeoff_free")
+    g2, p2, _ = _example("em2_tradeoff")
+    gt = np.stack([g1, g2]).astype(np.uint8) * 255
+    prob = np.stack([p1, p2]).astype(np.float32)
+    tifffile.imwrite(tmp_path / "gt.tif", gt)
+    tifffile.imwrite(tmp_path / "memb.tif", (1 - prob).astype(np.float32))
+    out = tmp_path / "o"
+    assert main(["evaluate", str(tmp_path / "memb.tif"), str(tmp_path / "gt.tif"), "--invert",
+                 "--out", str(out)]) == 0
+    res = json.loads((out / "metrics.json").read_text())
+    expect = metrics.isbi2012(gt, (1 - (1 - prob)).astype(np.float32))
+    assert res["rand_error"] == pytest.approx(expect["rand_error"], abs=1e-12)
+    assert len(list(out.glob("slice_*.png"))) == 2
+
+
+def test_8bit_prediction_is_scaled_by_255():
+    a = np.array([[0, 51, 255]], dtype=np.uint8)
+    np.testing.assert_allclose(to_probability(a, Path("x.png")), [[0, 0.2, 1]], atol=1e-7)
+    with pytest.raises(Exception, match="16|uint16|dtype"):
+        to_probability(np.array([[0, 1000]], dtype=np.uint16), Path("x.tif"))
+
+
+def test_cells_and_instances(tmp_path, capsys):
+    gt = np.zeros((3, 10), np.uint16)
+    gt[0, 0:4] = 1
+    gt[1, 0:6] = 2
+    pr = np.zeros_like(gt)
+    pr[0, 1:4] = 7
+    pr[2, 0] = 7
+    pr[1, 0:3] = 9
+    (tmp_path / "p").mkdir()
+    (tmp_path / "g").mkdir()
+    tifffile.imwrite(tmp_path / "p" / "a_pred.tif", pr)
+    tifffile.imwrite(tmp_path / "g" / "a.tif", gt)
+    out = tmp_path / "o"
+    assert main(["evaluate", str(tmp_path / "p"), str(tmp_path / "g"), "--metrics", "cells",
+                 "--out", str(out)]) == 0
+    res = json.loads((out / "metrics.json").read_text())
+    assert res["seg"] == pytest.approx(0.3)
+    assert res["iou"] == pytest.approx(metrics.iou(gt > 0, pr > 0))
+    out2 = tmp_path / "o2"
+    assert main(["evaluate", str(tmp_path / "p"), str(tmp_path / "g"), "--metrics",
+                 "instances", "--out", str(out2)]) == 0
+    res2 = json.loads((out2 / "metrics.json").read_text())
+    ref = metrics.matching(gt, pr)
+    assert [r["tp"] for r in res2["per_threshold"]] == [r["tp"] for r in ref]
+    assert res2["mean_accuracy"] == pytest.approx(np.mean([r["accuracy"] for r in ref]))
+    assert "mean accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case, words", [
+    ("shape", "does not match"),
+    ("range", "[0, 1]"),
+    ("nan", "NaN"),
+    ("empty_gt", "no cell pixel"),
+    ("unpaired", "no prediction for ground truth"),
+    ("missing", "no such file"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, case, words):
+    p, g = tmp_path / "p", tmp_path / "g"
+    p.mkdir()
+    g.mkdir()
+    gt = np.full((8, 9), 255, np.uint8)
+    gt[:, 4] = 0
+    prob = np.full((8, 9), 0.7, np.float32)
+    if case == "shape":
+        prob = prob[:, :8]
+    elif case == "range":
+        prob[0, 0] = 1.5
+    elif case == "nan":
+        prob[0, 0] = np.nan
+    elif case == "empty_gt":
+        gt[:] = 0
+    tifffile.imwrite(p / "x.tif", prob)
+    iio.imwrite(g / ("y.png" if case == "unpaired" else "x.png"), gt)
+    target = str(tmp_path / "nope") if case == "missing" else str(g)
+    assert main(["evaluate", str(p), target]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("unetlab: error:") and words in err and "\n" not in err
