@@ -399,6 +399,11 @@ def to_channels_first(img: np.ndarray, channels: int | None = None,
     """
     who = str(path) if path is not None else "image"
     a = np.asarray(img)
+    if a.size == 0:
+        raise UnetlabError(f"{who}: empty image (shape {a.shape})")
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)
+            or a.dtype == bool):
+        raise UnetlabError(f"{who}: unsupported pixel type {a.dtype} (expected integers or floats)")
     if a.ndim == 2:
         a = a[None]
     elif a.ndim == 3:
@@ -500,6 +505,8 @@ def label_to_instances(label: np.ndarray, path: str | os.PathLike | None = None)
     """
     who = str(path) if path is not None else "label"
     a = np.asarray(label)
+    if a.size == 0:
+        raise UnetlabError(f"{who}: empty label image (shape {a.shape})")
     if a.ndim == 3 and a.shape[-1] <= 4 and a.shape[0] > 4:
         chans = a.shape[-1]
         if chans in (2, 4):  # grey+alpha / RGBA: ignore an opaque alpha channel
