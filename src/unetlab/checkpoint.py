@@ -35,6 +35,14 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     if path.is_dir():
         raise UnetlabError(f"{path}: is a folder, expected a model/checkpoint file")
     try:
+        with open(path, "rb") as f:
+            magic = f.read(2)
+    except OSError as e:
+        raise UnetlabError(f"{path}: cannot read ({e.strerror or e})") from None
+    if magic[:2] != b"PK" and magic[:1] != b"\x80":
+        raise UnetlabError(f"{path}: not a PyTorch model/checkpoint file (it is empty or holds "
+                           "something else, e.g. text or an image)")
+    try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
