@@ -1,0 +1,92 @@
+"""The U-Net energy function (Ronneberger et al. 2015, Sec. 3): pixel-wise soft-max over the
+final feature map combined with a cross-entropy weighted by the weight map (Eq. 1, Eq. 2)::
+
+    p_k(x) = exp(a_k(x)) / Σ_k' exp(a_k'(x))
+    E      = −Σ_x w(x) · log p_ℓ(x)(x)
+
+**Centre crop.** With unpadded ("valid") convolutions the network's output is smaller than its
+input tile by a constant border, so the class labels ℓ and the weights w, given at the size of
+the input tile (or any size at least the output's), are centre-cropped to the output size. They
+are never padded: labels smaller than the logits are an error.
+
+**Ignore label.** Pixels whose class is :data:`IGNORE_INDEX` (255; "unlabelled", e.g. the
+partially annotated cell-tracking data of Sec. 4, or label pixels outside the image) contribute
+nothing: their weight is 0 whatever the weight map says.
+
+**Normalisation.** The paper's E is a *sum* over pixels, so its gradient (and the right learning
+rate) grows with the tile area. Here E is divided by the number of labelled (non-ignored) pixels
+in the batch: the loss is a weighted per-pixel mean, so the same learning rate works for a 188²
+or a 572² tile, and for batch 1 or 8 (a batch counts as one big tile). We deliberately do *not*
+divide by Σ w: that would renormalise every tile separately, so a tile full of cell borders
+would have each of its pixels count less than the same pixels in a quiet tile, undoing part of
+what the border term w0·exp(−(d1+d2)²/2σ²) is for. With the per-pixel mean, relative weights
+between pixels and between tiles are exactly the paper's; the only change is a constant factor
+per tile size, which the learning rate absorbs.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["weighted_cross_entropy", "center_crop", "IGNORE_INDEX"]
+
+#: Class value meaning "unlabelled, ignore" (same as :data:`unetlab.weights.IGNORE_INDEX`).
+IGNORE_INDEX = 255
+
+
+def center_crop(x: torch.Tensor, h: int, w: int, name: str = "labels") -> torch.Tensor:
+    """The centre (h, w) window of the last two axes of ``x`` (offset ``(H − h) // 2``).
+
+    Raises ``ValueError`` when ``x`` is smaller than (h, w): labels are never padded.
+    """
+    H, W = int(x.shape[-2]), int(x.shape[-1])
+    if H < h or W < w:
+        raise ValueError(f"{name} ({H}×{W}) are smaller than the network output ({h}×{w}); "
+                         f"labels must cover at least the output (they are cropped, never padded)")
+    dh, dw = (H - h) // 2, (W - w) // 2
+    return x[..., dh:dh + h, dw:dw + w]
+
+
+def weighted_cross_entropy(logits: torch.Tensor, classes: torch.Tensor,
+                           weights: torch.Tensor | None = None, *,
+                           ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Pixel-wise soft-max + weighted cross-entropy (Sec. 3), mean over labelled pixels.
+
+    Parameters
+    ----------
+    logits : float tensor (N, K, h, w)
+        The network's output a_k(x) (not soft-maxed). Computed in float32 even under autocast.
+    classes : integer tensor (N, H, W), H ≥ h, W ≥ w (uint8 or int64)
+        True class ℓ(x) in 0..K−1, or ``ignore_index`` (255) for unlabelled pixels.
+        Centre-cropped to (h, w).
+    weights : float tensor (N, H, W), optional
+        The weight map w(x) (Eq. 2), ≥ 0; centre-cropped to (h, w). ``None`` means w ≡ 1
+        (plain cross-entropy).
+
+    Returns
+    -------
+    Scalar tensor  E / n = −Σ_x w(x) log p_ℓ(x)(x) / n, n = number of pixels of the cropped
+    labels whose class is not ``ignore_index`` (over the whole batch). When every pixel is
+    ignored the loss is 0 (with a zero gradient), not NaN.
+    """
+    if logits.dim() != 4:
+        raise ValueError(f"logits must be (N, K, h, w), got shape {tuple(logits.shape)}")
+    n, k, h, w = (int(s) for s in logits.shape)
+    if classes.dim() != 3 or int(classes.shape[0]) != n:
+        raise ValueError(f"classes must be (N, H, W) with N = {n}, got shape {tuple(classes.shape)}")
+    if classes.is_floating_point():
+        raise ValueError(f"classes must be an integer tensor, got {classes.dtype}")
+    classes = center_crop(classes, h, w, "classes").long()
+    logp = F.log_softmax(logits.float(), dim=1)
+    # F.nll_loss gives −log p_ℓ(x)(x) per pixel and 0 where ℓ(x) == ignore_index
+    nll = F.nll_loss(logp, classes, reduction="none", ignore_index=ignore_index)
+    labelled = classes != ignore_index
+    if weights is not None:
+        if weights.dim() != 3 or int(weights.shape[0]) != n:
+            raise ValueError(f"weights must be (N, H, W) with N = {n}, "
+                             f"got shape {tuple(weights.shape)}")
+        weights = center_crop(weights, h, w, "weights").to(nll.dtype)
+        # ignored pixels have nll == 0 already; the where also stops a NaN/inf weight there
+        nll = torch.where(labelled, nll * weights, torch.zeros((), dtype=nll.dtype, device=nll.device))
+    count = labelled.sum()
+    return nll.sum() / count.clamp(min=1).to(nll.dtype)
