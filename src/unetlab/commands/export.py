@@ -1,0 +1,45 @@
+"""``unetlab export``: write a trained model as TorchScript or ONNX."""
+from __future__ import annotations
+
+import argparse
+
+HELP = "export a trained model as TorchScript or ONNX"
+DESCRIPTION = """\
+Export a unetlab model (model.pt, best.pt or checkpoint.pt) for use without unetlab.
+
+The exported graph takes (N, C, H, W) float32 images (normalised as unetlab does) and returns
+logits (N, K, H_out, W_out), or class probabilities with --probabilities. Height and width are
+dynamic: any size valid for the network works (the valid sizes and the context are stored in
+the file's metadata). ONNX needs the optional extra: pip install 'unetlab[onnx]'.
+
+examples:
+  unetlab export runs/demo/model.pt --format torchscript --out unet.ts
+  unetlab export runs/demo/model.pt --format onnx --out unet.onnx --probabilities
+  python -c "import torch; m = torch.jit.load('unet.ts'); print(m(torch.zeros(1, 1, 188, 188)).shape)"
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="unetlab model file (model.pt, best.pt, checkpoint.pt)")
+    p.add_argument("--format", default="torchscript", metavar="FORMAT",
+                   help="torchscript (default) or onnx")
+    p.add_argument("--out", required=True, metavar="FILE", help="output file (written atomically)")
+    p.add_argument("--probabilities", action="store_true",
+                   help="bake the pixel-wise soft-max into the graph (output probabilities)")
+    p.add_argument("--trace-size", type=int, default=None, metavar="N",
+                   help="input size used for tracing (default: a small valid size)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import UnetlabError
+    from ..export import FORMATS, export_model
+
+    if args.format not in FORMATS:
+        raise UnetlabError(f"--format: unknown export format {args.format!r} "
+                           f"(choose from {', '.join(FORMATS)})")
+    if args.trace_size is not None and args.trace_size < 1:
+        raise UnetlabError(f"--trace-size: must be a positive number of pixels, got {args.trace_size}")
+    out = export_model(args.model, args.out, format=args.format,
+                       probabilities=args.probabilities, trace_size=args.trace_size)
+    print(f"wrote {out} ({args.format})")
+    return 0
