@@ -138,3 +138,198 @@ def test_missing_torchrun_variables_is_a_one_line_error(monkeypatch):
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(UnetlabError, match="torchrun"):
         init_distributed()
+
+
+# ---------------------------------------------------------------------------- the real trainer
+# `torchrun --nproc_per_node 2 -m unetlab train ...` (as `python -m torch.distributed.run`, gloo
+# on CPU): a tiny network, small tiles, a few iterations, no validation. Dropout is off (its
+# masks would be drawn per rank too, but the reference below would have to replay them inside
+# the same forward pass); augmentation is on: the reference draws it with the trainer's own
+# per-rank sampling.
+DDP_ARGS = ["synthetic", "--width", "4", "--depth", "2", "--tile", "60", "--warmup", "2",
+            "--schedule", "constant", "--lr", "0.01", "--dropout", "0", "--threads", "1",
+            "--no-progress", "--synthetic-images", "2", "--synthetic-size", "64",
+            "--prefetch", "1", "--checkpoint-every", "1"]
+DDP_ITERATIONS = 4
+
+
+def _torchrun_start(args: list[str], nproc: int = 2, new_session: bool = False):
+    """Start ``torchrun --nproc_per_node nproc -m unetlab train ARGS`` (one node, a free port on
+    127.0.0.1, one thread per rank)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                        "MASTER_PORT", "TORCHELASTIC_RUN_ID")}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+           "--nnodes", "1", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           "-m", "unetlab", "train", *args]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=new_session)
+
+
+def _finish(proc, timeout: float = 240.0) -> str:
+    """Wait for a started torchrun; assert it succeeded; return its stdout."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, (proc.returncode, out[-3000:], err[-3000:])
+    return out
+
+
+def _torchrun(args: list[str], nproc: int = 2) -> str:
+    return _finish(_torchrun_start(args, nproc))
+
+
+def _weights(run: Path) -> dict:
+    from unetlab.checkpoint import safe_load
+
+    return safe_load(run / "model.pt")["state_dict"]
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread in this process (tiny tensors on a shared, loaded CPU)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory):
+    """Two 2-rank runs started side by side (to save wall time): "full", uninterrupted, of
+    DDP_ITERATIONS iterations, and "part", the same run stopped after 2 iterations (continued by
+    the resume test). Returns (full run folder, its stdout, part run folder)."""
+    root = tmp_path_factory.mktemp("ddp")
+    full = _torchrun_start([*DDP_ARGS, "--out", str(root / "full"),
+                            "--iterations", str(DDP_ITERATIONS)])
+    part = _torchrun_start([*DDP_ARGS, "--out", str(root / "part"), "--iterations", "2"])
+    out = _finish(full)
+    _finish(part)
+    return root / "full", out, root / "part"
+
+
+def _reference(cfg, ranks: tuple[int, ...]) -> dict:
+    """One process: the trainer's model init, tile sampling (per rank: SeedSequence([seed,
+    rank, i])), loss, optimiser and learning-rate schedule; at every step the gradient of each
+    rank's tiles is computed on its own and the gradients are averaged."""
+    from unetlab.training import (_build_net, _load_samples, _make_optimizer, _make_sampler,
+                                  _sample_batch, _torch_seed, lr_at)
+
+    samples, _ = _load_samples(cfg)
+    torch.manual_seed(cfg.seed)
+    net, tile, out = _build_net(cfg, samples[0].channels)
+    sampler = _make_sampler(cfg, samples, tile, out)
+    opt = _make_optimizer(cfg, net.parameters())
+    for it in range(cfg.iterations):
+        grads = []
+        for r in ranks:
+            x, c, w = _sample_batch(sampler, cfg, r, it)
+            net.zero_grad(set_to_none=True)
+            torch.manual_seed(_torch_seed(cfg.seed, r, it))
+            weighted_cross_entropy(net(x), c, w).backward()
+            grads.append([p.grad.clone() for p in net.parameters()])
+        for p, *gs in zip(net.parameters(), *grads):
+            p.grad = sum(gs) / len(gs)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, it)
+        opt.step()
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def _maxdiff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def test_torchrun_two_ranks_equal_one_process_averaging_two_tiles(ddp_runs, one_thread):
+    from unetlab.checkpoint import safe_load
+    from unetlab.training import (_build_net, _load_samples, _make_sampler, _sample_batch,
+                                  load_config)
+
+    run, stdout, _ = ddp_runs
+    # rank 0 alone wrote the run folder and printed
+    assert stdout.count("trained:") == 1, stdout
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.toml",
+                                                      "curves.png", "log.csv", "model.pt"]
+    ck = safe_load(run / "checkpoint.pt")
+    assert (ck["iteration"], ck["world_size"], ck["rank"]) == (DDP_ITERATIONS, 2, 0)
+    log = (run / "log.csv").read_text().splitlines()
+    assert log[0].startswith("iteration,loss") and len(log) == 2 and log[1].startswith("4,")
+
+    cfg = load_config(run / "config.toml")
+    assert (cfg.width, cfg.depth, cfg.dropout, cfg.augment) == (4, 2, 0.0, True)
+    # the two ranks draw different tiles
+    samples, _ = _load_samples(cfg)
+    net, tile, out = _build_net(cfg, samples[0].channels)
+    sampler = _make_sampler(cfg, samples, tile, out)
+    assert not torch.equal(_sample_batch(sampler, cfg, 0, 0)[0],
+                           _sample_batch(sampler, cfg, 1, 0)[0])
+
+    got = _weights(run)
+    ref = _reference(cfg, (0, 1))
+    torch.manual_seed(cfg.seed)
+    start = _build_net(cfg, samples[0].channels)[0].state_dict()
+    assert _maxdiff(ref, start) > 1e-3                 # the steps moved the weights
+    assert _maxdiff(got, ref) < 1e-5
+    # rank 0's tiles alone give other weights: both ranks' gradients entered every step
+    assert _maxdiff(_reference(cfg, (0,)), ref) > 1e-4
+
+
+def test_torchrun_resume_continues_like_the_uninterrupted_run(ddp_runs):
+    from unetlab.checkpoint import safe_load
+
+    full, _, run = ddp_runs
+    assert safe_load(run / "checkpoint.pt")["iteration"] == 2
+    assert _maxdiff(_weights(run), _weights(full)) > 1e-4     # not there yet
+    # the learning rate does not depend on --iterations (constant schedule, fixed warm-up),
+    # so extending the run continues exactly where the uninterrupted run was
+    _torchrun(["--out", str(run), "--resume", "--iterations", str(DDP_ITERATIONS)])
+    ck = safe_load(run / "checkpoint.pt")
+    assert (ck["iteration"], ck["world_size"]) == (DDP_ITERATIONS, 2)
+    assert _maxdiff(_weights(run), _weights(full)) < 1e-6
+    # the resumed log continues the first one
+    rows = [line.split(",")[0] for line in (run / "log.csv").read_text().splitlines()[1:]]
+    assert rows == ["2", str(DDP_ITERATIONS)]
+
+
+@pytest.mark.slow
+def test_torchrun_ctrl_c_stops_all_ranks_saves_and_resumes_exactly(tmp_path):
+    """Ctrl-C to the whole torchrun process group (as a terminal sends it; torchrun forwards a
+    second SIGINT to each rank): every rank stops at the same iteration, rank 0 saves, and the
+    resumed run ends with the weights of an uninterrupted run of the same length."""
+    import signal
+    import time
+
+    from unetlab.checkpoint import safe_load
+
+    run = tmp_path / "int"
+    args = [*DDP_ARGS[:-2], "--checkpoint-every", "100000"]
+    proc = _torchrun_start([*args, "--out", str(run), "--iterations", "100000"],
+                           new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoint.pt").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        time.sleep(2.0)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert err.count("interrupted at iteration") == 1, err[-3000:]
+    stopped = safe_load(run / "checkpoint.pt")["iteration"]
+    assert 0 < stopped < 100000
+    end = stopped + 2
+    _torchrun(["--out", str(run), "--resume", "--iterations", str(end)])
+    full = tmp_path / "full"
+    _torchrun([*args, "--out", str(full), "--iterations", str(end)])
+    assert safe_load(run / "checkpoint.pt")["iteration"] == end
+    assert _maxdiff(_weights(run), _weights(full)) < 1e-6

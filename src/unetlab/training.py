@@ -29,6 +29,14 @@ weights). Ctrl-C (SIGINT) lets the current iteration finish, writes a checkpoint
 :class:`TrainingInterrupted` (a ``KeyboardInterrupt``); a second Ctrl-C aborts at once (the
 previous checkpoint stays). ``grad_clip`` > 0 clips the global gradient norm.
 
+**Distributed.** ``torchrun --nproc_per_node N -m unetlab train ...`` trains with PyTorch
+``DistributedDataParallel`` (gloo on CPU, nccl on CUDA, one GPU per rank): rank r draws its
+tiles, augmentations and dropout masks of iteration i from ``SeedSequence([seed, r, i])``,
+gradients are averaged over the ranks (an effective batch of N × ``batch`` tiles; the logged
+loss is the mean over the ranks), and only rank 0 writes the run folder and validates. The loss
+and the Ctrl-C flag are all-reduced before the backward pass, so all ranks stop at the same
+iteration; ``--resume`` loads the same checkpoint on every rank (docs/distributed.md).
+
 **Speed.** Weight maps are computed once per training image before the loop; tiles and their
 augmentation are produced by a background thread ``prefetch`` iterations ahead (numpy, scipy
 and torch release the GIL in their heavy parts). On CUDA the forward pass runs under autocast
@@ -528,6 +536,10 @@ _RESUME_MAY_CHANGE = {"out", "iterations", "val_every", "checkpoint_every", "log
                       "threads"}
 
 
+# a second SIGINT within this many seconds of the first is the same Ctrl-C under torchrun
+_SIGINT_GRACE_S = 3.0
+
+
 def _resolve_device(name: str) -> torch.device:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
@@ -573,7 +585,7 @@ def _make_optimizer(config: TrainConfig, params):
 
 def train(config: TrainConfig, resume: bool = False, *,
           callback: Callable[[int, float], None] | None = None,
-          rank: int = 0, world_size: int = 1) -> Path:
+          rank: int = 0, world_size: int = 1, device: str | None = None) -> Path:
     """Train a U-Net; return the run folder (``config.out``).
 
     ``resume``: continue the run in ``config.out`` from its ``checkpoint.pt``; the stored
@@ -581,8 +593,13 @@ def train(config: TrainConfig, resume: bool = False, *,
     ``iterations``, ``val``) may differ (changing ``iterations`` changes the schedule, so the
     result is then no longer identical to an uninterrupted run).
     ``callback(iteration, loss)`` is called after every completed step (1-based iteration).
-    ``rank``/``world_size`` enter the sampling seeds (distributed training); only rank 0
-    writes files.
+    ``rank``/``world_size``: distributed data-parallel training (``torchrun``; the process group
+    must already be initialised, :func:`unetlab.distributed.init_distributed`). Each rank draws
+    its own tiles, augmentations and dropout masks from ``SeedSequence([seed, rank, i])``, the
+    network is wrapped in ``DistributedDataParallel`` (gradients averaged over the ranks: an
+    effective batch of ``world_size × batch`` tiles), and only rank 0 writes the run folder and
+    validates. ``device`` overrides ``config.device`` (a torch device string, e.g. the rank's
+    ``cuda:LOCAL_RANK``).
     """
     config = dataclasses.replace(config).validate()
     run = Path(config.out)
@@ -606,7 +623,13 @@ def train(config: TrainConfig, resume: bool = False, *,
                            f"--resume or choose another --out")
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
-    device = _resolve_device(config.device)
+    if world_size > 1:
+        # every rank has looked at the run folder (the "already holds a run" check above)
+        # before rank 0 writes its first checkpoint into it
+        from .distributed import barrier
+
+        barrier()
+    device = torch.device(device) if device is not None else _resolve_device(config.device)
     _check_geometry(config)
 
     train_samples, val_samples = _load_samples(config)
@@ -636,18 +659,58 @@ def _load_checkpoint(path: Path) -> dict:
     return ck
 
 
-def _train_loop(config, run, net, tile, out_size, train_samples, val_samples, device, ckpt,
-                callback, rank, world_size) -> Path:
+def _make_sampler(config: TrainConfig, train_samples, tile: int, out_size: int):
+    """The training :class:`unetlab.data.TileSampler` (targets of Eq. 2, augmentation of
+    Sec. 3.1 when ``config.augment``), every sample's targets precomputed."""
     from .augment import Augment
     from .data import TileSampler
-    from .loss import weighted_cross_entropy
     from .weights import training_targets
 
     targets_fn = functools.partial(training_targets, w0=config.w0, sigma=config.sigma,
                                    balance=config.balance)
     augment = Augment.paper() if config.augment else None
-    sampler = TileSampler(train_samples, tile, out_size, targets_fn, augment).precompute()
-    val_targets = [targets_fn(s.instances) for s in val_samples]
+    return TileSampler(train_samples, tile, out_size, targets_fn, augment).precompute()
+
+
+def _sample_batch(sampler, config: TrainConfig, rank: int, it: int):
+    """The tiles of step ``it`` (0-based) on ``rank``: CPU tensors x (B, C, T, T) float32,
+    classes (B, O, O) uint8, weights (B, O, O) float32, drawn from ``SeedSequence([seed, rank,
+    it, 0])`` only (so resuming, prefetching and other ranks cannot change them)."""
+    rng = _data_rng(config.seed, rank, it)
+    tiles = [sampler.sample(rng) for _ in range(config.batch)]
+    x = torch.from_numpy(np.stack([t[0] for t in tiles]))
+    c = torch.from_numpy(np.stack([t[1] for t in tiles]))
+    w = torch.from_numpy(np.stack([t[2] for t in tiles]))
+    return x, c, w
+
+
+def _reduce_step(value: float, stop: bool, world_size: int) -> tuple[float, bool]:
+    """(mean loss over the ranks, whether any rank asked to stop) — one all-reduce, so that
+    every rank takes the same decision at the same iteration (a non-finite loss or a Ctrl-C on
+    one rank stops all of them there; otherwise ranks would wait for each other forever in
+    DDP's gradient all-reduce). Identity in a single process."""
+    if world_size <= 1:
+        return value, stop
+    import torch.distributed as dist
+
+    dev = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([value, 1.0 if stop else 0.0], dtype=torch.float64, device=dev)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    total, flags = t.tolist()
+    return total / world_size, flags > 0
+
+
+def _train_loop(config, run, net, tile, out_size, train_samples, val_samples, device, ckpt,
+                callback, rank, world_size) -> Path:
+    from .distributed import barrier, wrap_ddp
+    from .loss import weighted_cross_entropy
+    from .weights import training_targets
+
+    targets_fn = functools.partial(training_targets, w0=config.w0, sigma=config.sigma,
+                                   balance=config.balance)
+    sampler = _make_sampler(config, train_samples, tile, out_size)
+    # only rank 0 validates
+    val_targets = [targets_fn(s.instances) for s in val_samples] if rank == 0 else []
     val_targets = [(np.where(s.instances < 0, 255, c).astype(np.uint8),
                     np.where(s.instances < 0, 0, w).astype(np.float32))
                    for s, (c, w) in zip(val_samples, val_targets)]
@@ -679,12 +742,15 @@ def _train_loop(config, run, net, tile, out_size, train_samples, val_samples, de
         elapsed0 = float(ckpt.get("seconds", 0.0))
         torch.set_rng_state(ckpt["rng"]["torch"])
 
+    # every rank holds the same weights and optimiser state here (fresh: same seed; resumed:
+    # the same checkpoint); DDP broadcasts rank 0's anyway. ``model`` is what the training
+    # forward pass runs through (it averages the gradients over the ranks in backward());
+    # ``net``, the plain module, is what is saved, validated and clipped.
+    distributed = world_size > 1
+    model = wrap_ddp(net, device) if distributed else net
+
     def make_batch(it: int):
-        rng = _data_rng(config.seed, rank, it)
-        tiles = [sampler.sample(rng) for _ in range(config.batch)]
-        x = torch.from_numpy(np.stack([t[0] for t in tiles]))
-        c = torch.from_numpy(np.stack([t[1] for t in tiles]))
-        w = torch.from_numpy(np.stack([t[2] for t in tiles]))
+        x, c, w = _sample_batch(sampler, config, rank, it)
         if device.type == "cuda":
             x, c, w = x.pin_memory(), c.pin_memory(), w.pin_memory()
         return x, c, w
@@ -697,13 +763,14 @@ def _train_loop(config, run, net, tile, out_size, train_samples, val_samples, de
     saved_at = {"iteration": start}
 
     def save(iteration: int) -> None:
-        if rank != 0:
-            return
+        # the weights are the same on every rank, so every rank takes this decision alike
         if not _all_finite(net):
             raise NonFiniteLossError(
                 f"non-finite weights after iteration {iteration}: training stopped; "
                 f"{run / 'checkpoint.pt'} keeps the last good state; lower --lr or set "
                 f"--grad-clip")
+        if rank != 0:
+            return
         meta = {"iteration": iteration, "tile": tile, "out_size": out_size,
                 "train": dataclasses.asdict(config)}
         ck = {"format": CHECKPOINT_FORMAT, "version": 1, "model": _model_dict(net, meta),
@@ -753,22 +820,31 @@ def _train_loop(config, run, net, tile, out_size, train_samples, val_samples, de
                    dynamic_ncols=True, leave=True)
     if ckpt is None:
         save(0)
+    if distributed:
+        barrier()
 
-    interrupt = {"requested": False}
+    interrupt = {"requested": False, "at": 0.0}
     old_handler = None
     if threading.current_thread() is threading.main_thread():
         def on_sigint(signum, frame):
             if interrupt["requested"]:
+                # under torchrun a Ctrl-C reaches each rank twice: from the terminal and
+                # forwarded by torchrun's agent; only a later second Ctrl-C aborts at once
+                if distributed and time.monotonic() - interrupt["at"] < _SIGINT_GRACE_S:
+                    return
                 raise KeyboardInterrupt
             interrupt["requested"] = True
+            interrupt["at"] = time.monotonic()
             msg = ("\nCtrl-C: finishing this iteration and saving a checkpoint "
                    "(Ctrl-C again to stop at once)")
-            (bar.write if bar is not None else print)(msg)
+            if rank == 0:
+                (bar.write if bar is not None else print)(msg)
         old_handler = signal.signal(signal.SIGINT, on_sigint)
 
     prefetch = _Prefetcher(make_batch, start, config.iterations, config.prefetch)
     it = start               # completed iterations
     consistent = True        # False while the optimiser is changing the weights
+    synced_stop = False      # True: every rank stops at this same iteration (Ctrl-C)
     try:
         while it < config.iterations:
             x, c, w = prefetch.get(it)
@@ -781,9 +857,11 @@ def _train_loop(config, run, net, tile, out_size, train_samples, val_samples, de
                 g["lr"] = lr
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                logits = net(x)
+                logits = model(x)
             loss = weighted_cross_entropy(logits, c, w)
-            value = float(loss.detach())
+            # mean over the ranks (the loss of the effective batch) and the Ctrl-C flag: all
+            # ranks stop together, before DDP's gradient all-reduce in backward()
+            value, stop = _reduce_step(float(loss.detach()), interrupt["requested"], world_size)
             if not math.isfinite(value):
                 raise NonFiniteLossError(
                     f"non-finite loss ({value}) at iteration {it + 1} (lr {lr:.3g}): training "
@@ -806,7 +884,8 @@ def _train_loop(config, run, net, tile, out_size, train_samples, val_samples, de
                 acc = {"sum": 0.0, "n": 0}
                 if rank == 0:
                     _write_log(run, rows)
-            if val_samples and (it % config.val_every == 0 or it == config.iterations):
+            sync = bool(val_samples) and (it % config.val_every == 0 or it == config.iterations)
+            if sync:
                 run_validation(it)
             if bar is not None:
                 bar.update(1)
@@ -816,16 +895,23 @@ def _train_loop(config, run, net, tile, out_size, train_samples, val_samples, de
                 save(it)
                 if rank == 0 and (it % config.val_every == 0 or it == config.iterations):
                     _write_curves(run, rows, config)
+                sync = True
+            if distributed and sync:
+                barrier()        # the other ranks wait for rank 0's validation and files
             if callback is not None:
                 callback(it, value)
-            if interrupt["requested"]:
+            if stop if distributed else interrupt["requested"]:
+                synced_stop = distributed
                 raise KeyboardInterrupt
     except KeyboardInterrupt:
         saved = False
-        if consistent and rank == 0:
+        if consistent:
             save(it)
-            _write_curves(run, rows, config)
+            if rank == 0:
+                _write_curves(run, rows, config)
             saved = True
+        if synced_stop:
+            barrier()        # no rank exits (and makes torchrun stop the others) before the save
         raise TrainingInterrupted(run, it, saved) from None
     finally:
         prefetch.close()

@@ -20,6 +20,13 @@ The run folder RUN gets config.toml, checkpoint.pt, model.pt (unetlab.load_model
 (best validation score), log.csv and curves.png, all written atomically. Ctrl-C finishes the
 current iteration, saves a checkpoint and exits; --resume continues bit-exactly (on CPU).
 
+Several GPUs or machines: start the same command with torchrun, which trains with PyTorch
+DistributedDataParallel (nccl on CUDA, one GPU per process; gloo on CPU). Each process draws its
+own tiles and augmentations; gradients are averaged, so a step sees N x --batch tiles at the
+same --lr and --momentum; only rank 0 writes RUN and validates; --resume works the same way
+(the run folder must be shared by all nodes). See docs/distributed.md for batch size, learning
+rate and momentum against the paper's batch of one.
+
 Options are resolved as: defaults < --config FILE < command-line flags. --print-config prints
 every option with its default (or the resolved value) as TOML, which --config reads back.
 
@@ -29,6 +36,10 @@ examples:
   unetlab train --print-config > cfg.toml     # edit, then:
   unetlab train --config cfg.toml --out runs/x
   unetlab train --out runs/x --resume         # continue an interrupted run
+  torchrun --nproc_per_node 4 -m unetlab train data/ --out runs/ddp      # 4 GPUs, one node
+  torchrun --nproc_per_node 2 -m unetlab train synthetic --device cpu --threads 1  # 2 CPU procs
+  torchrun --nnodes 2 --nproc_per_node 4 --rdzv-backend c10d --rdzv-endpoint head:29400 \\
+           -m unetlab train data/ --out /shared/runs/ddp                 # 2 nodes
 """
 
 # metavars of the flags; every TrainConfig option is a flag --name-with-dashes (booleans also
@@ -124,9 +135,19 @@ def run(args: argparse.Namespace) -> int:
 
         raise UnetlabError("DATA: give the training data (a dataset folder or 'synthetic'), "
                            "or --config FILE, or --resume")
+    from ..distributed import cleanup, init_distributed
+
+    # under torchrun (WORLD_SIZE > 1): join the process group; nccl on the rank's GPU unless
+    # --device cpu asks for gloo
+    backend = {"cpu": "gloo", "cuda": "nccl"}.get(cfg.device)
+    info = init_distributed(backend)
+    device = info.device if info.distributed else None
     try:
-        out = train(cfg, resume=args.resume)
+        out = train(cfg, resume=args.resume, rank=info.rank, world_size=info.world_size,
+                    device=device)
     except TrainingInterrupted as e:
+        if info.rank != 0:
+            return 130
         if e.saved:
             print(f"\ninterrupted at iteration {e.iteration}: saved {e.run_dir / 'checkpoint.pt'}"
                   f"; continue with: unetlab train --out {e.run_dir} --resume", file=sys.stderr)
@@ -134,5 +155,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"\naborted at iteration {e.iteration}: {e.run_dir / 'checkpoint.pt'} holds the "
                   f"last saved state", file=sys.stderr)
         return 130
-    print(f"trained: {out}/model.pt (log {out}/log.csv, curves {out}/curves.png)")
+    finally:
+        cleanup()
+    if info.rank == 0:
+        print(f"trained: {out}/model.pt (log {out}/log.csv, curves {out}/curves.png)")
     return 0
