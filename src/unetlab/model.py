@@ -236,9 +236,11 @@ class UNet(nn.Module):
 
     @property
     def receptive_radius(self) -> int:
-        """How far (pixels, per side) one output pixel sees into the input. Equals ``context``
-        for valid padding; for "same" padding it is the halo a tile needs for its centre to
-        match a whole-image pass (up to the zero padding's influence)."""
+        """``6·2^depth − 4`` pixels: how far the convolutions alone let one output pixel see
+        into the input, per side (equals ``context`` for valid padding). Max pooling adds up to
+        ``2^depth − 1`` pixels more on one side, depending on the pixel's phase on the pooling
+        lattice, so the worst-case reach is ``7·2^depth − 5``; ``unetlab.tiling`` adds that
+        margin to the halo of "same"-padding tiles."""
         return 6 * 2 ** self.depth - 4
 
     def _trace(self, n: int) -> int | None:
