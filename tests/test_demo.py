@@ -10,8 +10,8 @@ import pytest
 
 from unetlab.cli import main
 from unetlab.demo import (DEMO_MARKER, DemoSettings, _choose_iterations, _prepare_out,
-                          demo_settings, evaluate_demo, headline, isbi_pixel_rand,
-                          training_budget)
+                          demo_settings, evaluate_demo, format_summary, headline,
+                          isbi_pixel_rand, training_budget)
 from unetlab.errors import UnetlabError
 from unetlab.metrics import isbi2012
 from unetlab.synthetic import touching_cells_arrays, touching_pairs
@@ -38,6 +38,51 @@ def test_settings_and_bad_options(capsys):
     with pytest.raises(SystemExit) as e:
         main(["demo", "--size", "abc"])
     assert e.value.code == 2
+
+
+def test_demo_training_settings_are_valid_trainer_options():
+    from unetlab.training import TrainConfig
+
+    s = demo_settings()
+    assert (s.optimizer, s.norm, s.seed_h) == ("adam", "batch", 1.0)   # measured, see demo.py
+    cfg = TrainConfig(optimizer=s.optimizer, lr=s.lr, momentum=s.momentum, norm=s.norm,
+                      width=s.width, depth=s.depth, tile=s.tile, grad_clip=s.grad_clip)
+    cfg.validate()                                          # raises on an invalid option
+
+
+def test_demo_seed_height_splits_clumps_the_net_left_joined():
+    """What the demo's instance step is for: after minutes of training the separation lines
+    are only a dip of P(cell) above the threshold, so connected components merge the clumps.
+    Idealised such map: 1 on cells, 0.65 on the separation lines, 0 elsewhere, blurred."""
+    from scipy import ndimage
+
+    from unetlab.metrics import matching
+    from unetlab.postprocess import to_instances
+
+    _, gt = touching_cells_arrays(1, 160, 3)[0]
+    sep = separate_instances(gt)
+    p = ndimage.gaussian_filter(np.where(sep, 1.0, np.where(gt > 0, 0.65, 0.0)), 0.7)
+
+    def f1(lab):
+        return next(r["f1"] for r in matching(gt, lab) if abs(r["threshold"] - 0.5) < 1e-9)
+
+    comp = f1(to_instances(p, method="components"))
+    ours = f1(to_instances(p, h=demo_settings().seed_h))
+    h2 = f1(to_instances(p, h=2.0))
+    assert comp < 0.2 and ours > 0.5 and ours > h2 + 0.1
+
+
+def test_format_summary_names_the_report_time_and_every_headline_number(tmp_path):
+    head = {"pixel error (ISBI)": 0.0471, "SEG": 0.7281, "F1 @ IoU 0.5": 0.8769,
+            "merges / splits": "272 / 405"}
+    text = format_summary({"report": tmp_path / "report.html", "headline": head,
+                           "timing": {"total": 226.4, "training": 125.2,
+                                      "prediction (overlap-tile, 8× TTA)": 64.7},
+                           "iterations": 806})
+    assert f"report: {(tmp_path / 'report.html').resolve()}" in text
+    assert "226 s (3.8 min; training 125 s for 806 iterations, prediction 65 s)" in text
+    for line in ("SEG", "0.7281"), ("F1 @ IoU 0.5", "0.8769"), ("merges / splits", "272 / 405"):
+        assert any(all(w in ln for w in line) for ln in text.splitlines()), line
 
 
 def test_iterations_fit_the_time_budget():
@@ -117,13 +162,16 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     report = out / "report.html"
     assert f"report: {report.resolve()}" in printed
-    assert "SEG" in printed and "Rand error" in printed
+    assert "SEG" in printed and "Rand error" in printed and "F1 @ IoU 0.5" in printed
+    assert "unetlab demo finished" in printed
     images, headings, text = _images_of(report)
     assert headings == [h for _, h in SECTIONS]
     assert len(images) == 6 and "could not draw" not in text
     for name in ("model.pt", "log.csv", "config.toml", "prediction/prob_cell.tif",
                  "prediction/instances.tif", "report_data/metrics.json"):
         assert (out / name).is_file(), name
+    config = (out / "config.toml").read_text()              # the demo's recipe reached the trainer
+    assert 'optimizer = "adam"' in config and 'norm = "batch"' in config
     metrics = json.loads((out / "report_data" / "metrics.json").read_text())
     assert 0.0 <= metrics["isbi2012"]["pixel_error"] <= 1.0 and 0.0 <= metrics["seg"] <= 1.0
     # a second run into the same folder replaces the first

@@ -5,11 +5,30 @@ What it does (each step the paper's, at a size a laptop can run):
 1. **Data** — generated touching cells (:func:`unetlab.synthetic.touching_cells`): a handful of
    training images, two validation images, and one large test image (2048×2048 by default).
 2. **Training** (Sec. 3) — a small U-Net (depth 3, width 16, unpadded convolutions, dropout at
-   the end of the contracting path) trained the paper's way by :func:`unetlab.training.train`:
-   one large tile per step, SGD with momentum 0.99, cross-entropy weighted by Eq. 2's weight map
-   (w0 = 10, σ = 5 px), elastic deformation and the other augmentations, He initialisation.
-   Learning rate 0.005 with the gradient norm clipped to 1: with the trainer's 0.01 this
-   network's loss spiked after ~250 steps and it collapsed to "all background" (measured).
+   the end of the contracting path) trained by :func:`unetlab.training.train` as in the paper
+   — one large tile per step, cross-entropy weighted by Eq. 2's weight map (w0 = 10,
+   σ = 5 px), elastic deformation and the other augmentations, He initialisation — with two
+   changes for a budget of minutes instead of the paper's hours: Adam (lr 0.003,
+   β = (0.9, 0.999), poly decay) instead of SGD with momentum 0.99, and batch normalisation
+   after each convolution. Measured on this 2-core machine (300 steps, 252² tiles, a 512² test
+   image without TTA, watershed seeds h = 1 px; SEG / F1@0.5 / merges of 461 cells):
+
+   ====================================  =====  ======  ======
+   training                               SEG    F1      merges
+   ====================================  =====  ======  ======
+   SGD lr 0.005, momentum 0.99, clip 1    0.57   0.71    14 (67 splits)
+   Adam lr 0.001                          0.56   0.69    61
+   Adam lr 0.003                          0.68   0.83    42
+   Adam lr 0.003 + batch norm             0.76   0.89    18
+   ====================================  =====  ======  ======
+
+   (SGD at lr 0.01 collapsed to "all background".) Only batch norm taught the net to draw the
+   separation lines between touching cells below P(cell) = 0.5 (mean P(cell) on those lines
+   0.54 against 0.84 inside cells; 0.65 / 0.76 without it). On the whole demo (2048² test
+   image, 8-fold TTA, 7250 cells) the change took SEG from 0.46 to 0.73, F1@0.5 from 0.52 to
+   0.88, AP@0.5 from 0.35 to 0.78 and merges from 1426 to 272 (splits 167 → 405; pixel error
+   0.057 → 0.047). ``unetlab train`` keeps the paper's SGD and no normalisation as its
+   defaults.
    Unless ``iterations`` is given, the number of steps is chosen to fit a time budget
    (``train_minutes``) from a short timing of one training step on this machine, so the demo
    ends in time on a slow or busy CPU (with fewer steps) and trains longer on a fast one; the
@@ -18,7 +37,12 @@ What it does (each step the paper's, at a size a laptop can run):
    runnable processes than cores, one thread was up to 50× faster (measured).
 3. **Prediction** (Sec. 2, Fig. 2; Sec. 4) — overlap-tile prediction of the large image with
    8-fold test-time averaging (:func:`unetlab.predict.predict_tiled`).
-4. **Instances** — :func:`unetlab.postprocess.to_instances` (watershed split of touching cells).
+4. **Instances** — :func:`unetlab.postprocess.to_instances`: P(cell) > 0.5, then a watershed of
+   the distance transform seeded by its h-maxima with h = 1 px. After minutes of training the
+   network draws the separation lines between touching cells as a dip of P(cell) that mostly
+   stays above 0.5, so connected components merge almost every clump (F1@0.5 ≈ 0.13) and the
+   shape-based split does the work; h = 1 px beat h = 2 (fewer merges: F1 0.83 against 0.72)
+   and h = 0.5 oversplits at other thresholds (measured on the same 512² image).
 5. **Evaluation** — ISBI 2012 pixel error and foreground-restricted Rand error (1 − best F over
    the challenge's 11 thresholds, :mod:`unetlab.metrics`) against the ground truth with touching
    cells separated as in Fig. 3c; on a 512×512 crop also the warping error; cell metrics SEG and
@@ -66,8 +90,12 @@ class DemoSettings:
     width: int = 16                # U-Net width (channels of the first level)
     depth: int = 3                 # U-Net depth (poolings)
     tile: int = 252                # training input tile (valid for depth 3: 252 → 164)
-    lr: float = 0.005              # SGD learning rate (momentum 0.99); 0.01 diverged here
-    grad_clip: float = 1.0         # clip the global gradient norm (0 = off)
+    norm: str = "batch"            # batch normalisation after each conv (see the docstring)
+    optimizer: str = "adam"        # see the module docstring: Adam learns much faster here
+    lr: float = 0.003              # Adam's peak learning rate (poly decay)
+    momentum: float = 0.9          # Adam's beta1 (SGD's momentum with optimizer="sgd")
+    grad_clip: float = 0.0         # clip the global gradient norm (0 = off)
+    seed_h: float = 1.0            # h of the watershed's distance-transform seeds (px)
     iterations: int | None = None  # None: chosen from train_minutes
     min_iterations: int = 150
     max_iterations: int = 3000
@@ -132,7 +160,7 @@ def _resolve_device(device: str) -> str:
 
 
 def _calibrate_step(settings: DemoSettings, device: str = "cpu") -> tuple[float, int]:
-    """Time one training step (forward + backward + SGD update on one tile) of the demo's
+    """Time one training step (forward + backward + optimiser update on one tile) of the demo's
     network here; returns ``(seconds per step, CPU threads to use)``.
 
     On CPU both one thread and torch's default thread count are tried and the faster is
@@ -147,8 +175,10 @@ def _calibrate_step(settings: DemoSettings, device: str = "cpu") -> tuple[float,
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        net = UNet(depth=settings.depth, width=settings.width, dropout=0.5).to(device)
-    opt = torch.optim.SGD(net.parameters(), lr=1e-9, momentum=0.99)
+        net = UNet(depth=settings.depth, width=settings.width, dropout=0.5,
+                   norm=settings.norm).to(device)
+    opt = (torch.optim.Adam(net.parameters(), lr=1e-9) if settings.optimizer == "adam"
+           else torch.optim.SGD(net.parameters(), lr=1e-9, momentum=0.99))
     x = torch.randn(1, 1, settings.tile, settings.tile, device=device)
 
     def step() -> float:
@@ -364,10 +394,11 @@ def _run(out: Path, s: DemoSettings, progress: bool, device: str,
     cfg = TrainConfig(
         data="synthetic", val="synthetic", out=str(out), synthetic_images=s.train_images,
         synthetic_size=s.train_size, synthetic_seed=s.seed, width=s.width, depth=s.depth,
+        norm=s.norm,
         tile=s.tile, iterations=iterations, val_every=val_every,
         warmup=min(200, iterations // 5), checkpoint_every=max(val_every, 1),
         log_every=max(1, min(10, iterations // 50)), seed=s.seed, device=device,
-        lr=s.lr, grad_clip=s.grad_clip,
+        optimizer=s.optimizer, lr=s.lr, momentum=s.momentum, grad_clip=s.grad_clip,
         progress=progress)
     t0 = time.perf_counter()
     run = Path(train(cfg))
@@ -387,7 +418,7 @@ def _run(out: Path, s: DemoSettings, progress: bool, device: str,
     # 4. instances ----------------------------------------------------------------------
     say("[4/6] splitting instances")
     t0 = time.perf_counter()
-    pred_inst = np.asarray(to_instances(prob), dtype=np.int32)
+    pred_inst = np.asarray(to_instances(prob, h=s.seed_h), dtype=np.int32)
     timing["instances"] = time.perf_counter() - t0
     (out / "prediction").mkdir(exist_ok=True)
     _write_tiff(out / "prediction" / "image.tif", big_img.astype(np.float32))
@@ -412,10 +443,15 @@ def _run(out: Path, s: DemoSettings, progress: bool, device: str,
         augmented=_augmented_examples(train_pairs[0][0], train_pairs[0][1], 8, s.seed),
         pred_image=big_img, pred_prob=prob_cell, pred_instances=pred_inst, gt_instances=big_gt,
         metrics=metrics, timing=dict(timing), headline=head,
-        notes=[f"U-Net depth {s.depth}, width {s.width}, {iterations} iterations of SGD "
-               f"(momentum 0.99, one {s.tile}² tile per step); predicted with "
-               f"{model_path.name}." + (" Quick mode: tiny sizes, not a meaningful result."
-                                        if s.quick else "")])
+        notes=[f"U-Net depth {s.depth}, width {s.width}, unpadded"
+               + (f", {s.norm} normalisation" if s.norm != "none" else "")
+               + f", {iterations} iterations of "
+               + (f"Adam (lr {s.lr:g}, β1 {s.momentum:g}, poly decay" if s.optimizer == "adam"
+                  else f"SGD (lr {s.lr:g}, momentum {s.momentum:g}, poly decay")
+               + f", one {s.tile}² tile per step, weight map w0 = 10, σ = 5 px, elastic "
+               f"deformation); predicted with {model_path.name}; instances: watershed of the "
+               f"distance transform of P(cell) > 0.5, seeds h = {s.seed_h:g} px."
+               + (" Quick mode: tiny sizes, not a meaningful result." if s.quick else "")])
     data.timing["total before the report"] = time.perf_counter() - t_all
     save_report_data(out, data)
     report = build_report(out, data=data)
@@ -427,10 +463,15 @@ def _run(out: Path, s: DemoSettings, progress: bool, device: str,
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """The lines ``unetlab demo`` prints at the end."""
-    lines = [f"report: {Path(summary['report']).resolve()}",
-             f"total time: {summary['timing']['total']:.0f} s "
-             f"(training {summary['timing']['training']:.0f} s, {summary['iterations']} iterations)"]
+    """The lines ``unetlab demo`` prints at the end: where the report is, the time taken, and
+    the headline metrics."""
+    tm = summary["timing"]
+    lines = ["", "unetlab demo finished",
+             f"report: {Path(summary['report']).resolve()}",
+             f"total time: {tm['total']:.0f} s ({tm['total'] / 60:.1f} min; training "
+             f"{tm['training']:.0f} s for {summary['iterations']} iterations, prediction "
+             f"{tm.get('prediction (overlap-tile, 8× TTA)', 0.0):.0f} s)",
+             "headline metrics of the test image (lower error / higher score is better):"]
     for k, v in summary["headline"].items():
         lines.append(f"  {k:32s} {v:.4f}" if isinstance(v, float) else f"  {k:32s} {v}")
     return "\n".join(lines)

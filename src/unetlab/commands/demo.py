@@ -6,10 +6,13 @@ import argparse
 HELP = "train, predict, evaluate and report on synthetic touching cells (a few minutes)"
 DESCRIPTION = """\
 The whole method end to end on generated touching cells, no data or download needed:
-generate training images, train a small U-Net the paper's way (SGD momentum 0.99, weight map
-w0 = 10, sigma = 5, elastic deformation), predict a large image (2048 x 2048 by default) with
-overlap-tile and 8-fold test-time averaging, split instances, evaluate (ISBI pixel/Rand error,
-SEG, matching F1) and write OUT/report.html. About 10 minutes on a 2-core CPU: unless
+generate training images, train a small U-Net (depth 3, width 16, unpadded; the weight map of
+Eq. 2 with w0 = 10, sigma = 5, elastic deformation, one tile per step; for a budget of minutes
+it uses Adam and batch normalisation where the paper used SGD with momentum 0.99 for hours),
+predict a large image (2048 x 2048 by default) with overlap-tile and 8-fold test-time
+averaging, split instances (watershed of the distance transform), evaluate (ISBI pixel/Rand
+error, SEG, matching F1/AP, merges and splits) and write OUT/report.html. It ends by printing
+where the report is and the headline metrics. 4 to 9 minutes on a 2-core CPU: unless
 --iterations is given, the number of training steps is chosen to fit --train-minutes.
 
 OUT is a normal run folder (model.pt usable by 'unetlab predict' and 'unetlab export');
