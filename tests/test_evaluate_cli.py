@@ -164,3 +164,33 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, case, words):
     assert main(["evaluate", str(p), target]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("unetlab: error:") and words in err and "\n" not in err
+
+
+def test_prediction_folder_of_unetlab_predict_pairs_by_metric(tmp_path):
+    """`unetlab predict --instances` writes NAME_prob.tif, NAME_labels.tif and NAME_overlay.png
+    side by side: isbi reads the probabilities, cells/instances read the labels."""
+    import imageio.v3 as iio
+    import tifffile
+
+    from unetlab.cli import main as cli_main
+    from unetlab.commands.evaluate import load_pairs
+
+    gt = np.zeros((20, 20), np.uint8)
+    gt[2:9, 2:9] = 255
+    gt[11:18, 11:18] = 255
+    preds, gts = tmp_path / "preds", tmp_path / "gt"
+    preds.mkdir()
+    gts.mkdir()
+    iio.imwrite(gts / "a.png", gt)
+    tifffile.imwrite(preds / "a_prob.tif", (gt > 0).astype(np.float32))
+    labels = np.zeros((20, 20), np.int32)
+    labels[2:9, 2:9] = 1
+    labels[11:18, 11:18] = 2
+    tifffile.imwrite(preds / "a_labels.tif", labels)
+    iio.imwrite(preds / "a_overlay.png", np.zeros((20, 20, 3), np.uint8))
+    (p_isbi,) = load_pairs(preds, gts, prefer=("_prob",))
+    assert p_isbi[3].name == "a_prob.tif"
+    (p_cells,) = load_pairs(preds, gts, prefer=("_labels",))
+    assert p_cells[3].name == "a_labels.tif"
+    assert cli_main(["evaluate", str(preds), str(gts)]) == 0
+    assert cli_main(["evaluate", str(preds), str(gts), "--metrics", "cells"]) == 0

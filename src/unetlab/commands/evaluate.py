@@ -143,8 +143,26 @@ def _as_slices(a: np.ndarray, path: Path) -> list[np.ndarray]:
                        + hint)
 
 
-def load_pairs(pred: str | Path, gt: str | Path, channel: int | None = None):
-    """Read PRED and GT → list of (name, pred_slice, gt_slice, pred_path, gt_path)."""
+_OVERLAY = re.compile(r"_overlay(_z\d+)?$", re.IGNORECASE)
+
+
+def _preferred(a: Path, b: Path, prefer: tuple[str, ...]) -> Path | None:
+    """Of two PRED files with the same pairing name, the one whose stem ends with a preferred
+    suffix (``unetlab predict`` writes NAME_prob.tif and NAME_labels.tif side by side)."""
+    for suf in prefer:
+        hits = [f for f in (a, b) if f.stem.lower().endswith(suf)]
+        if len(hits) == 1:
+            return hits[0]
+    return None
+
+
+def load_pairs(pred: str | Path, gt: str | Path, channel: int | None = None,
+               prefer: tuple[str, ...] = ("_prob",)):
+    """Read PRED and GT → list of (name, pred_slice, gt_slice, pred_path, gt_path).
+
+    In a PRED folder, overlay pictures (NAME_overlay.png) are skipped, and when two files pair
+    with the same name the one ending in a ``prefer`` suffix wins (``_prob`` for the ISBI
+    metrics, ``_labels`` for cells/instances)."""
     pred, gt = Path(pred), Path(gt)
     for p, what in ((pred, "PRED"), (gt, "GT")):
         if not p.exists():
@@ -163,8 +181,14 @@ def load_pairs(pred: str | Path, gt: str | Path, channel: int | None = None):
         return out
     pf = {}
     for f in _files(pred):
+        if _OVERLAY.search(f.stem):
+            continue
         k = _key(f)
         if k in pf:
+            keep = _preferred(pf[k], f, prefer)
+            if keep is not None:
+                pf[k] = keep
+                continue
             raise UnetlabError(f"PRED {pred}: two files pair with the same name '{k}': "
                                f"{pf[k].name}, {f.name}")
         pf[k] = f
@@ -429,7 +453,8 @@ def run_instances(pairs, args) -> tuple[dict, list[dict]]:
 
 
 def run(args) -> int:
-    pairs = load_pairs(args.pred, args.gt, args.channel)
+    prefer = ("_prob",) if args.metrics == "isbi" else ("_labels", "_label")
+    pairs = load_pairs(args.pred, args.gt, args.channel, prefer=prefer)
     _check_shapes(pairs)
     if args.metrics == "isbi":
         result, rows = run_isbi(pairs, args)
