@@ -6,6 +6,8 @@ file, never a truncated one.
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -13,19 +15,35 @@ from typing import Iterator
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save"]
 
+#: errno values that mean "the output cannot be written" (full disk, file-size limit, ...)
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.ENAMETOOLONG}
+
+
+def _write_error(path: Path, e: OSError):
+    from .errors import UnetlabError
+
+    why = e.strerror or str(e) or type(e).__name__
+    return UnetlabError(f"{path}: cannot write ({why})")
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto ``path``.
 
-    On any exception the temporary file is removed and ``path`` is left untouched.
+    On any exception the temporary file is removed and ``path`` is left untouched. Failures to
+    write (a full disk, ``ulimit -f``, a read-only or missing folder, a name too long) are
+    raised as :class:`unetlab.errors.UnetlabError` naming ``path``, not the temporary file.
     ``suffix`` defaults to the final suffix of ``path`` (some writers pick the format from it).
     """
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if suffix is None:
         suffix = path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=parent)
+    try:  # the temporary name is kept short: NAME_MAX is 255 bytes
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=f".tmp{suffix}",
+                                   dir=parent)
+    except OSError as e:
+        raise _write_error(path, e) from e
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_umask())   # mkstemp makes 0600; outputs follow the umask
@@ -41,9 +59,12 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
+        if isinstance(e, OSError) and not isinstance(e, ValueError) and (
+                e.errno in _WRITE_ERRNOS or e.filename in (tmp, str(tmp_path))):
+            raise _write_error(path, e) from e
         raise
 
 
@@ -71,7 +92,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` atomically. torch's file writer reports a full disk or a file-size limit
+    as an opaque RuntimeError; then the object is serialised in memory and written by Python,
+    which raises the real OSError (ENOSPC / EFBIG), reported as one line naming ``path``."""
     import torch
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError:
+            buf = io.BytesIO()
+            torch.save(obj, buf)          # a genuine serialisation error is raised again here
+            with open(tmp, "wb") as f:
+                f.write(buf.getbuffer())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -45,13 +46,23 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
-        raise UnetlabError(f"{path}: refused to load: the file holds objects other than "
-                           f"weights (weights_only loading: {first[:200]})") from None
+        raise UnetlabError(f"{path}: refused to load: the file holds objects other than weights "
+                           f"({_unpickling_reason(e)}); unetlab never runs code from model "
+                           f"files") from None
     except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError, AttributeError,
             KeyError, IndexError, TypeError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UnetlabError(f"{path}: not a readable PyTorch file ({msg[:200]})") from None
+
+
+def _unpickling_reason(e: BaseException) -> str:
+    """The useful part of torch's weights_only error (e.g. 'Unsupported global: GLOBAL
+    io.open'), one line, without the terminal escape codes torch puts in it."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    m = re.search(r"WeightsUnpickler error:\s*(.+?)(?: was not an allowed global|\n\n|$)",
+                  text, flags=re.S)
+    reason = (m.group(1) if m else text).strip() or "unsupported content"
+    return " ".join(reason.split())[:160]
 
 
 def save_model(net: UNet, path: str | os.PathLike, meta: dict | None = None) -> None:

@@ -80,6 +80,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         print(f"unetlab: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
+    except MemoryError as e:
+        if debug:
+            raise
+        print(f"unetlab: error: out of memory ({_one_line(e)}); use smaller images, tiles or "
+              f"batches", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - a bug, not bad input: one line, exit code 1
+        if debug:
+            raise
+        print(f"unetlab: error: unexpected {type(e).__name__}: {_one_line(e)[:300]} (this is a "
+              f"bug; run again with --debug for the traceback and report it)", file=sys.stderr)
+        return 1
 
 
 def _one_line(e: BaseException) -> str:

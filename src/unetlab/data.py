@@ -411,6 +411,8 @@ def to_channels_first(img: np.ndarray, channels: int | None = None,
             a = np.moveaxis(a, -1, 0)
         elif a.shape[0] <= 4 and a.shape[-1] > 4:
             pass
+        elif a.shape[0] == 1 and a.shape[-1] > 1:
+            pass  # tiny (1, H, W): one channel first, so that a second call changes nothing
         elif a.shape[-1] <= 4 and a.shape[0] <= 4:
             a = np.moveaxis(a, -1, 0)  # tiny image: assume channels last (PNG convention)
         else:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import io
 import os
 import warnings
 from pathlib import Path
@@ -116,8 +117,11 @@ def export_torchscript(net: UNet, out: str | os.PathLike, probabilities: bool = 
         traced = torch.jit.trace(module, x, check_trace=False)
     extra = {"unetlab.json": json.dumps(export_metadata(net, probabilities))}
     try:
-        with atomic_path(out) as tmp, _quiet():
-            torch.jit.save(traced, str(tmp), _extra_files=extra)
+        buf = io.BytesIO()  # serialised in memory: torch's file writer aborts on a full disk
+        with _quiet():
+            torch.jit.save(traced, buf, _extra_files=extra)
+        with atomic_path(out) as tmp, open(tmp, "wb") as f:
+            f.write(buf.getbuffer())
     except OSError as e:
         raise UnetlabError(f"{out}: cannot write ({e.strerror or e})") from None
     return out

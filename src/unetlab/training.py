@@ -315,6 +315,9 @@ def _load_samples(config: TrainConfig):
         val = touching_cells(2, config.synthetic_size, config.synthetic_seed + 1)
     elif config.val:
         val = _read(config.val, config.val_labels, "val")
+    if not any((s.instances > 0).any() for s in train):
+        raise UnetlabError(f"data: {config.data}: no label image contains a cell (every "
+                           f"labelled pixel is background): there is nothing to learn")
     chans = {s.channels for s in train} | {s.channels for s in val}
     if len(chans) != 1:
         raise UnetlabError(f"data/val: images have different channel counts {sorted(chans)}")

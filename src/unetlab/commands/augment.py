@@ -182,6 +182,11 @@ def run(args: argparse.Namespace) -> int:
     from ..weights import training_targets
 
     samples = _load(args)
+    if args.tile is not None:
+        side = max(max(s.shape) for s in samples)
+        if args.tile > max(4 * side, 64):
+            raise UnetlabError(f"--tile: {args.tile} pixels is far larger than the images "
+                               f"(largest side {side}); use at most {max(4 * side, 64)}")
     grey = {} if args.grey else {"contrast": 0.0, "brightness": 0.0, "gamma": 0.0, "noise": 0.0}
     aug = Augment(elastic_sigma=args.sigma, elastic_grid=args.grid, rotation=args.rotation,
                   seed=args.seed, **grey)

@@ -18,6 +18,9 @@ examples:
   python -c "import torch; m = torch.jit.load('unet.ts'); print(m(torch.zeros(1, 1, 188, 188)).shape)"
 """
 
+#: Largest --trace-size: tracing allocates the activations of one image of that size.
+MAX_TRACE_SIZE = 2048
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="unetlab model file (model.pt, best.pt, checkpoint.pt)")
@@ -37,8 +40,9 @@ def run(args: argparse.Namespace) -> int:
     if args.format not in FORMATS:
         raise UnetlabError(f"--format: unknown export format {args.format!r} "
                            f"(choose from {', '.join(FORMATS)})")
-    if args.trace_size is not None and args.trace_size < 1:
-        raise UnetlabError(f"--trace-size: must be a positive number of pixels, got {args.trace_size}")
+    if args.trace_size is not None and not 1 <= args.trace_size <= MAX_TRACE_SIZE:
+        raise UnetlabError(f"--trace-size: must be between 1 and {MAX_TRACE_SIZE} pixels "
+                           f"(the graph accepts any valid size anyway), got {args.trace_size}")
     out = export_model(args.model, args.out, format=args.format,
                        probabilities=args.probabilities, trace_size=args.trace_size)
     print(f"wrote {out} ({args.format})")

@@ -90,6 +90,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 # ------------------------------------------------------------------------------ names
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+#: Output stems are cut to this length so that NAME_overlay_z0000.png fits NAME_MAX (255).
+MAX_STEM = 120
 
 
 def safe_stem(path: Path) -> str:
@@ -101,7 +103,7 @@ def safe_stem(path: Path) -> str:
         if stem.lower().endswith(suf):
             stem = stem[: -len(suf)]
             break
-    stem = _SAFE.sub("_", stem).lstrip(".")
+    stem = _SAFE.sub("_", stem).lstrip(".")[:MAX_STEM]
     return stem or "image"
 
 
@@ -188,10 +190,13 @@ def open_input(path: Path, cin: int):
             raise UnetlabError(f"{path}: cannot read TIFF ({msg[:200]})") from None
         if any(s == 0 for s in shape):
             raise UnetlabError(f"{path}: image has zero size (shape {shape})")
+        from ..data import MAX_PIXELS, _check_size
+
+        _check_size(path, shape, MAX_PIXELS)  # a decompression bomb never reaches the decoder
         is_stack = len(shape) == 3 and cin == 1 and shape[-1] > 4
         big = len(shape) == 2 and shape[0] * shape[1] > LAZY_PIXELS
         if is_stack or big:
-            raw = _open_lazy(path)
+            raw = _Decoding(_open_lazy(path), path)
             if raw.ndim == 2:
                 raw4 = _AddAxes(raw, 2)                       # (1, 1, H, W)
             else:
@@ -217,9 +222,28 @@ def open_input(path: Path, cin: int):
     if a.shape[0] != cin:
         raise UnetlabError(f"{path}: image has {a.shape[0]} channel(s) but the model expects "
                            f"{cin}")
-    norm = normalize_image(a)
+    norm = normalize_image(arr)  # the raw array: its layout is interpreted once, as for ``a``
     img = norm[0] if cin == 1 else norm
     return img, False, lambda s: norm[0]
+
+
+class _Decoding:
+    """A lazily read TIFF whose decoder failures (truncated or corrupt strips, found only when
+    a tile is read) become one-line :class:`UnetlabError` naming the file."""
+
+    def __init__(self, raw, path: Path):
+        self.raw, self.path = raw, path
+        self.shape = tuple(int(s) for s in raw.shape)
+        self.ndim = len(self.shape)
+        self.dtype = raw.dtype
+
+    def __getitem__(self, key):
+        try:
+            return np.asarray(self.raw[key])
+        except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise UnetlabError(f"{self.path}: cannot decode the TIFF data "
+                               f"({type(e).__name__}: {msg[:200]})") from None
 
 
 class _AddAxes:

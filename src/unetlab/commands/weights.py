@@ -50,23 +50,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def read_label_image(path: str | Path, page: int = 0) -> np.ndarray:
     """Read one 2D label image (a page of a stack), with one-line errors naming the file."""
+    from ..data import read_image
+
     path = Path(path)
-    if not path.exists():
-        raise UnetlabError(f"{path}: no such file")
     if path.is_dir():
         raise UnetlabError(f"{path}: is a folder, expected a label image file")
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            a = tifffile.imread(path)
-        else:
-            import imageio.v3 as iio
-
-            a = iio.imread(path)
-    except Exception as e:  # noqa: BLE001 - any reader failure is a bad file for the user
-        raise UnetlabError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
-    a = np.asarray(a)
+    # unetlab.data checks the declared size before decoding (decompression bombs), empty and
+    # truncated files; palette PNG labels keep their indices
+    a = np.asarray(read_image(path, palette_indices=True))
     if a.ndim == 3 and a.shape[-1] in (3, 4):
         raise UnetlabError(f"{path}: is an RGB(A) image {a.shape}; a label image must have one "
                            f"channel (integer ids or a binary mask)")
@@ -108,10 +99,26 @@ def _check_not_intensity(a: np.ndarray, path: Path) -> None:
 def run(args) -> int:
     from ..weights import as_instances, training_targets
 
-    if args.sigma <= 0:
-        raise UnetlabError(f"--sigma must be > 0, got {args.sigma}")
-    if args.w0 < 0:
-        raise UnetlabError(f"--w0 must be ≥ 0, got {args.w0}")
+    import math
+
+    if not (math.isfinite(args.sigma) and args.sigma > 0):
+        raise UnetlabError(f"--sigma must be a finite number > 0, got {args.sigma}")
+    if not (math.isfinite(args.w0) and args.w0 >= 0):
+        raise UnetlabError(f"--w0 must be a finite number ≥ 0, got {args.w0}")
+    import matplotlib
+
+    if args.cmap not in matplotlib.colormaps:
+        raise UnetlabError(f"--cmap: unknown matplotlib colour map {args.cmap!r} "
+                           f"(e.g. jet, viridis, magma)")
+    outputs = [Path(args.out)] + ([Path(args.tiff)] if args.tiff else [])
+    for o in outputs:  # check every output before writing any, so a failure leaves nothing
+        if o.is_dir():
+            raise UnetlabError(f"{o}: is a folder, expected an output file name")
+        try:
+            o.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UnetlabError(f"{o}: cannot create the folder {o.parent} "
+                               f"({e.strerror or e})") from None
     raw = read_label_image(args.labels, args.page)
     inst = as_instances(raw, ignore_label=args.ignore_label)
     classes, w = training_targets(inst, w0=args.w0, sigma=args.sigma, balance=args.balance)
