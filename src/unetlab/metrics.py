@@ -38,12 +38,8 @@ __all__ = [
 _FOUR = ndimage.generate_binary_structure(2, 1)
 
 #: Fiji warping-mismatch flags (also used in :func:`warping_classes` output)
-MERGE = 0x1
-SPLIT = 0x2
-HOLE_ADDITION = 0x4
-OBJECT_DELETION = 0x8
-OBJECT_ADDITION = 0x10
-HOLE_DELETION = 0x20
+from ._isbi import (HOLE_ADDITION, HOLE_DELETION, MERGE, OBJECT_ADDITION,  # noqa: E402,F401
+                    OBJECT_DELETION, SPLIT)
 
 
 # ------------------------------------------------------------------------------------------

@@ -80,6 +80,23 @@ class Up(nn.Module):
         return self.up(x)
 
 
+def valid_output_size(n: int, depth: int) -> int | None:
+    """Output size of an unpadded U-Net of ``depth`` poolings for an input of n pixels, or None
+    when some 2×2 max pooling would see an odd size or a feature map would vanish (Sec. 2)."""
+    s = n
+    for _ in range(depth):
+        s -= 4
+        if s < 2 or s % 2:
+            return None
+        s //= 2
+    s -= 4
+    if s < 1:
+        return None
+    for _ in range(depth):
+        s = 2 * s - 4
+    return s if s >= 1 else None
+
+
 def _center_crop(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     dh = (x.shape[-2] - h) // 2
     dw = (x.shape[-1] - w) // 2
@@ -249,18 +266,7 @@ class UNet(nn.Module):
             return None
         if self.padding == "same":
             return n if n % self.lattice == 0 else None
-        s = n
-        for _ in range(self.depth):
-            s -= 4
-            if s < 2 or s % 2:
-                return None
-            s //= 2
-        s -= 4
-        if s < 1:
-            return None
-        for _ in range(self.depth):
-            s = 2 * s - 4
-        return s if s >= 1 else None
+        return valid_output_size(n, self.depth)
 
     def is_valid_input_size(self, n: int) -> bool:
         """True when an input of n pixels (along one axis) passes through the network."""

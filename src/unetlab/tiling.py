@@ -81,18 +81,9 @@ class TileGeometry:
     # sizes -----------------------------------------------------------------
     def _valid_trace(self, n: int) -> int | None:
         """Output size of a "valid" U-Net of this depth for input n, or None (see model.py)."""
-        s = n
-        for _ in range(self.depth):
-            s -= 4
-            if s < 2 or s % 2:
-                return None
-            s //= 2
-        s -= 4
-        if s < 1:
-            return None
-        for _ in range(self.depth):
-            s = 2 * s - 4
-        return s if s >= 1 else None
+        from .model import valid_output_size
+
+        return valid_output_size(n, self.depth)
 
     def out_size(self, n_in: int) -> int | None:
         """Output-tile size (pixels kept) for an input tile of ``n_in``, or None if invalid."""
