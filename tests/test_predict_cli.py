@@ -213,3 +213,24 @@ def test_interrupted_write_leaves_nothing_complete(tmp_path, capsys, monkeypatch
         assert [n for n in _files(out) if not n.startswith(".")] == []
         assert _files(out) == []            # temporaries removed as well
         monkeypatch.setattr(pr, "predict_tiled", real)
+
+
+def test_seed_h_reaches_the_watershed(tmp_path, capsys):
+    """--seed-h is passed to postprocess.to_instances(h=...): the labels equal a direct call."""
+    import imageio.v3 as iio
+
+    from unetlab.postprocess import to_instances
+
+    model = _model(tmp_path / "model.pt")
+    img = _cells()
+    iio.imwrite(tmp_path / "a.png", img)
+    out = tmp_path / "out"
+    rc = main(["predict", str(model), str(tmp_path / "a.png"), "--out", str(out),
+               "--instances", "--tile", "60", "--quiet", "--seed-h", "1", "--no-overlay"])
+    assert rc == 0, capsys.readouterr().err
+    prob = tifffile.imread(out / "a_prob.tif")
+    lab = tifffile.imread(out / "a_labels.tif")
+    assert np.array_equal(lab, to_instances(prob, h=1.0))
+    assert main(["predict", str(model), str(tmp_path / "a.png"), "--out", str(out),
+                 "--seed-h", "nan"]) == 2
+    assert "--seed-h" in capsys.readouterr().err

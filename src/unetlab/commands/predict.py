@@ -75,6 +75,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="instance method (default watershed)")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="foreground threshold on P(cell) (default 0.5)")
+    p.add_argument("--seed-h", type=float, default=2.0, metavar="PX",
+                   help="watershed seeds: maxima of the distance transform at least this many "
+                        "pixels high (smaller splits more; 1 suits small touching cells) "
+                        "(default 2)")
     p.add_argument("--min-size", type=int, default=16, metavar="PX",
                    help="remove instances smaller than this (default 16)")
     p.add_argument("--no-overlay", action="store_true", help="do not write overlay pictures")
@@ -388,6 +392,8 @@ def run(args: argparse.Namespace) -> int:
         raise UnetlabError(f"--batch: must be >= 1, got {args.batch}")
     if args.tile is not None and args.tile < 1:
         raise UnetlabError(f"--tile: must be a positive number of pixels, got {args.tile}")
+    if not (math.isfinite(args.seed_h) and args.seed_h > 0):
+        raise UnetlabError(f"--seed-h: must be a finite number > 0, got {args.seed_h}")
     if args.min_size < 0:
         raise UnetlabError(f"--min-size: must be >= 0, got {args.min_size}")
     if not 0.0 <= args.threshold <= 1.0:
@@ -507,7 +513,8 @@ def _predict_one(net, path: Path, stem: str, out_dir: Path, args, device) -> Non
         labels = None
         if args.instances:
             labels = np.stack([to_instances(f, method=args.method, threshold=args.threshold,
-                                            min_size=args.min_size) for f in fgs])
+                                            min_size=args.min_size, h=args.seed_h)
+                               for f in fgs])
             f = _inside(out_dir, f"{stem}_labels.tif")
             _write_tiff(f, labels if is_stack else labels[0])
             written.append(f)
