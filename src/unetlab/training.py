@@ -384,31 +384,11 @@ class _Prefetcher:
 # ---------------------------------------------------------------------------- validation
 def _predict(net, image: np.ndarray, device: torch.device, tta: bool) -> np.ndarray:
     """(K, H, W) probabilities of a whole image: overlap-tile prediction (unetlab.predict)."""
-    try:
-        from .predict import predict_tiled
-    except ImportError:  # predict not available: one whole-image pass with mirrored context
-        return _predict_whole(net, image, device)
+    from .predict import predict_tiled
+
     img = image[0] if image.shape[0] == 1 else image     # (H, W): one slice, not a stack
     prob = np.asarray(predict_tiled(net, img, tta=tta, device=device), dtype=np.float32)
     return prob[0] if prob.ndim == 4 else prob
-
-
-@torch.no_grad()
-def _predict_whole(net, image: np.ndarray, device: torch.device) -> np.ndarray:
-    from .data import reflect_indices
-
-    c, h, w = image.shape
-    ctx = net.context if net.padding == "valid" else net.receptive_radius
-    th = net.valid_input_size(h + 2 * ctx)
-    tw = net.valid_input_size(w + 2 * ctx)
-    oh, ow = net.output_size(th), net.output_size(tw)
-    top, left = (th - oh) // 2, (tw - ow) // 2
-    iy = reflect_indices(-top, th, h)
-    ix = reflect_indices(-left, tw, w)
-    x = torch.from_numpy(np.ascontiguousarray(image[:, iy[:, None], ix[None, :]]))[None]
-    logits = net(x.to(device)).float()
-    prob = torch.softmax(logits, dim=1)[0, :, :h, :w]
-    return prob.cpu().numpy()
 
 
 def _val_metrics(prob_cell: list[np.ndarray], gt_cell: list[np.ndarray]) -> dict[str, float]:
