@@ -866,12 +866,9 @@ def reflect_indices(start: int, length: int, n: int) -> np.ndarray:
     """Indices ``start .. start+length-1`` folded into [0, n) by mirroring without repeating
     the edge pixel (``numpy.pad(mode="reflect")``, repeated as often as needed; period 2(n-1)).
     For n = 1 every index is 0."""
-    idx = np.arange(start, start + length, dtype=np.int64)
-    if n == 1:
-        return np.zeros(length, dtype=np.int64)
-    period = 2 * (n - 1)
-    idx = np.mod(idx, period)
-    return np.where(idx >= n, period - idx, idx)
+    from .tiling import reflect_indices as _reflect
+
+    return _reflect(start, start + length, n)
 
 
 def _pair(v: int | Sequence[int], what: str) -> tuple[int, int]:

@@ -50,7 +50,7 @@ import torch
 
 from .errors import UnetlabError
 from .tiling import (DIHEDRAL, TileGeometry, apply_dihedral, choose_tile_size, dihedral_rect_to_image,
-                     dihedral_shape, invert_dihedral, plan_tiles, reflect_indices)
+                     dihedral_shape, invert_dihedral, plan_tiles, read_padded)
 
 __all__ = ["predict_tiled", "image_layout"]
 
@@ -93,19 +93,11 @@ def image_layout(net, shape: Sequence[int]) -> tuple[bool, tuple[int, ...]]:
                        f"(S, C, H, W)")
 
 
-def _read(image, lead: tuple, ndim_chan: int, rows: tuple[int, int], cols: tuple[int, int],
+def _read(image, lead: tuple, rows: tuple[int, int], cols: tuple[int, int],
           cin: int) -> np.ndarray:
     """(C, h, w) float32 block of ``image[lead]`` with mirror padding outside the image."""
-    H, W = int(image.shape[-2]), int(image.shape[-1])
-    ri = reflect_indices(rows[0], rows[1], H)
-    ci = reflect_indices(cols[0], cols[1], W)
-    r0, r1 = int(ri.min()), int(ri.max()) + 1
-    c0, c1 = int(ci.min()), int(ci.max()) + 1
-    key = lead + (slice(None),) * ndim_chan + (slice(r0, r1), slice(c0, c1))
-    block = np.asarray(image[key])
-    if not (rows[0] >= 0 and rows[1] <= H and cols[0] >= 0 and cols[1] <= W):
-        block = block[..., ri - r0, :][..., :, ci - c0]
-    return np.ascontiguousarray(block.reshape((cin,) + block.shape[-2:]), dtype=np.float32)
+    block = read_padded(image, rows, cols, lead)
+    return block.reshape((cin,) + block.shape[-2:])
 
 
 class _NetRunner:
@@ -260,7 +252,6 @@ def predict_tiled(net, image, tile_size: int | Sequence[int] | None = None, tta:
     elif progress:
         bar = progress
 
-    ndim_chan = (len(shape) - (3 if is_stack else 2))  # channel axes after the lead index
     cin = int(net.in_channels)
     step = batch_size * len(transforms)
     inv_n = np.float32(1.0 / len(transforms))
@@ -294,8 +285,8 @@ def predict_tiled(net, image, tile_size: int | Sequence[int] | None = None, tta:
                         buf = buffer(len(group), h, w)
                         for i, (g, t) in enumerate(group):
                             y0, y1, x0, x1 = dihedral_rect_to_image(t.inp, (H, W), g)
-                            patch = torch.from_numpy(_read(image, lead, ndim_chan, (y0, y1),
-                                                           (x0, x1), cin))
+                            patch = torch.from_numpy(_read(image, lead, (y0, y1), (x0, x1),
+                                                           cin))
                             buf[i].copy_(apply_dihedral(patch, g))
                         x = buf.to(device, non_blocking=True)
                         prob = runner(x)

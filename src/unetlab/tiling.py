@@ -272,11 +272,13 @@ def reflect_indices(start: int, stop: int, n: int) -> np.ndarray:
     return np.where(idx >= n, period - idx, idx)
 
 
-def read_padded(image, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
-    """``image[..., rows, cols]`` as float32, positions outside the image mirror-padded.
+def read_padded(image, rows: tuple[int, int], cols: tuple[int, int],
+                lead: tuple[int, ...] = ()) -> np.ndarray:
+    """``image[lead][..., rows, cols]`` as float32, positions outside the image mirror-padded.
 
     ``image``: (..., H, W) array-like supporting basic slicing (numpy, memmap, zarr, dask,
-    h5py). Only the bounding box of the pixels needed is read (one basic slice), so lazily
+    h5py). ``lead`` indexes leading axes first (e.g. the slice of a stack), so only that part
+    is read. Only the bounding box of the pixels needed is read (one basic slice), so lazily
     stored images stay lazy. Returns a new C-contiguous float32 array (..., rows, cols).
     """
     H, W = int(image.shape[-2]), int(image.shape[-1])
@@ -284,7 +286,8 @@ def read_padded(image, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarr
     ci = reflect_indices(cols[0], cols[1], W)
     r0, r1 = int(ri.min()), int(ri.max()) + 1
     c0, c1 = int(ci.min()), int(ci.max()) + 1
-    block = np.asarray(image[..., r0:r1, c0:c1])
+    middle = (slice(None),) * (len(image.shape) - len(lead) - 2)
+    block = np.asarray(image[tuple(lead) + middle + (slice(r0, r1), slice(c0, c1))])
     inside = (rows[0] >= 0 and rows[1] <= H and cols[0] >= 0 and cols[1] <= W)
     if inside:
         return np.ascontiguousarray(block, dtype=np.float32)
