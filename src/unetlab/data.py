@@ -439,27 +439,42 @@ def to_channels_first(img: np.ndarray, channels: int | None = None,
     raise UnetlabError(f"{who}: has {c} channels, cannot make {channels}")
 
 
-def normalization_stats(img: np.ndarray,
-                        percentiles: tuple[float, float] = _PERCENTILES) -> np.ndarray:
-    """Per-channel (low, high) intensities of a (C, H, W) image: shape (C, 2), float64.
+def subsample_step(height: int, width: int) -> int:
+    """Stride of the regular subsample ``[::step, ::step]`` that the normalisation statistics
+    read: 1 up to 2^22 pixels per channel, then just enough to stay near that many. Lazy readers
+    (the predict CLI, Dask) read this subsample only and pass it to :func:`sample_stats`."""
+    return max(1, int(np.ceil(np.sqrt(height * width / _SUBSAMPLE_LIMIT))))
+
+
+def sample_stats(sample: np.ndarray,
+                 percentiles: tuple[float, float] = _PERCENTILES) -> np.ndarray:
+    """Per-channel (low, high) of an already subsampled (C, h, w) array: (C, 2) float64.
 
     low/high are the given percentiles (default 1 and 99.8) of each channel; if they coincide,
-    the channel's min and max. Channels with more than 2^22 values are subsampled regularly.
-    """
-    a = np.asarray(img)
-    if a.ndim != 3:
-        raise ValueError(f"normalization_stats expects (C, H, W), got shape {a.shape}")
-    out = np.empty((a.shape[0], 2), dtype=np.float64)
-    for c in range(a.shape[0]):
-        ch = a[c]
-        n = ch.size
-        step = max(1, int(np.ceil(np.sqrt(n / _SUBSAMPLE_LIMIT))))
-        sub = np.asarray(ch[::step, ::step], dtype=np.float64).ravel()
+    the channel's min and max."""
+    out = np.empty((sample.shape[0], 2), dtype=np.float64)
+    for c in range(sample.shape[0]):
+        sub = np.asarray(sample[c], dtype=np.float64).ravel()
         lo, hi = np.percentile(sub, percentiles)
         if not hi > lo:
             lo, hi = float(sub.min()), float(sub.max())
         out[c] = lo, hi
     return out
+
+
+def normalization_stats(img: np.ndarray,
+                        percentiles: tuple[float, float] = _PERCENTILES) -> np.ndarray:
+    """Per-channel (low, high) intensities of a (C, H, W) image: shape (C, 2), float64.
+
+    low/high are the given percentiles (default 1 and 99.8) of each channel; if they coincide,
+    the channel's min and max. Channels with more than 2^22 values are subsampled regularly
+    (:func:`subsample_step`).
+    """
+    a = np.asarray(img)
+    if a.ndim != 3:
+        raise ValueError(f"normalization_stats expects (C, H, W), got shape {a.shape}")
+    step = subsample_step(a.shape[1], a.shape[2])
+    return sample_stats(a[:, ::step, ::step], percentiles)
 
 
 def normalize_image(img: np.ndarray, channels: int | None = None,

@@ -516,18 +516,11 @@ def lazy_normalization_stats(x) -> np.ndarray:
     from . import data
 
     S, C, H, W = (int(v) for v in x.shape)
-    limit = getattr(data, "_SUBSAMPLE_LIMIT", 1 << 22)
-    pcts = getattr(data, "_PERCENTILES", (1.0, 99.8))
-    step = max(1, int(math.ceil(math.sqrt(H * W / limit))))
-    sub = dask.compute(x[:, :, ::step, ::step])[0].astype(np.float64)
+    step = data.subsample_step(H, W)
+    sub = dask.compute(x[:, :, ::step, ::step])[0]
     out = np.empty((S, C, 2), dtype=np.float64)
     for s in range(S):
-        for c in range(C):
-            v = sub[s, c].ravel()
-            lo, hi = np.percentile(v, pcts)
-            if not hi > lo:
-                lo, hi = float(v.min()), float(v.max())
-            out[s, c] = lo, hi
+        out[s] = data.sample_stats(sub[s])
     return out
 
 

@@ -165,11 +165,10 @@ class _Normalized:
 def _stats_lazy(slice2d_getter, C: int, H: int, W: int) -> np.ndarray:
     """Per-channel (lo, hi) of one (C, H, W) slice read through a regular subsample, the same
     sample as :func:`unetlab.data.normalization_stats` takes."""
-    from ..data import normalization_stats
+    from ..data import sample_stats, subsample_step
 
-    step = max(1, int(math.ceil(math.sqrt(H * W / float(1 << 22)))))
-    sample = np.asarray(slice2d_getter(step), dtype=np.float64)
-    return normalization_stats(sample.reshape(C, sample.shape[-2], sample.shape[-1]))
+    sample = np.asarray(slice2d_getter(subsample_step(H, W)), dtype=np.float64)
+    return sample_stats(sample.reshape(C, sample.shape[-2], sample.shape[-1]))
 
 
 def open_input(path: Path, cin: int):
