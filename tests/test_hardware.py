@@ -1,0 +1,63 @@
+"""Device, precision and thread decisions (unetlab.hardware)."""
+import pytest
+import torch
+
+from unetlab import hardware
+from unetlab.errors import UnetlabError
+
+
+def test_auto_precision_follows_the_cpu_flags(monkeypatch):
+    monkeypatch.delenv("UNETLAB_NO_NATIVE_BF16", raising=False)
+    has = bool(set(hardware.cpu_flags()) & {"amx_bf16", "avx512_bf16"})
+    assert hardware.native_bf16("cpu") == (has and torch.backends.mkldnn.is_available())
+    assert hardware.resolve_precision("auto", "cpu") == ("bf16" if hardware.native_bf16() else "fp32")
+
+
+def test_auto_falls_back_to_fp32_without_native_bf16(monkeypatch):
+    monkeypatch.setenv("UNETLAB_NO_NATIVE_BF16", "1")
+    assert hardware.native_bf16("cpu") is False
+    assert hardware.resolve_precision("auto", "cpu") == "fp32"
+    assert hardware.resolve_precision("bf16", "cpu") == "bf16"   # asked for: honoured
+
+
+def test_fallback_when_cpu_flags_are_missing(monkeypatch):
+    monkeypatch.delenv("UNETLAB_NO_NATIVE_BF16", raising=False)
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    assert hardware.resolve_precision("auto") == "fp32"
+    assert "no native bf16" in hardware.describe_precision("fp32")
+
+
+@pytest.mark.parametrize("bad", ["fp16x", "", "float32"])
+def test_bad_precision_names_the_option(bad):
+    with pytest.raises(UnetlabError, match="--precision"):
+        hardware.resolve_precision(bad)
+
+
+def test_autocast_bf16_computes_in_bf16_and_fp32_does_not():
+    conv = torch.nn.Conv2d(1, 2, 3)
+    x = torch.randn(1, 1, 8, 8)
+    with hardware.autocast("bf16", "cpu"):
+        assert conv(x).dtype == torch.bfloat16
+    with hardware.autocast("fp32", "cpu"):
+        assert conv(x).dtype == torch.float32
+    assert conv.weight.dtype == torch.float32          # master weights untouched
+
+
+@pytest.mark.parametrize("bad", ["gpu", "cuda:99", "tpu"])
+def test_bad_device_names_the_option(bad):
+    if bad == "cuda:99" and torch.cuda.device_count() > 99:
+        pytest.skip("absurd machine")
+    with pytest.raises(UnetlabError, match="--device"):
+        hardware.resolve_device(bad)
+
+
+def test_thread_count_honours_the_request_and_measures_otherwise():
+    assert hardware.thread_count(3)[0] == 3
+    with pytest.raises(UnetlabError, match="--threads"):
+        hardware.thread_count(-1)
+    calls = []
+    n, why = hardware.thread_count(None, step=lambda: calls.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    assert n in (1, before) and why
+    assert 1 in calls                                   # the one-thread setting was timed
+    assert torch.get_num_threads() == before            # and the setting was restored
