@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-rom .weights import IGNORE_INDEX
+from .weights import IGNORE_INDEX
 
 __all__ = ["weighted_cross_entropy", "center_crop", "IGNORE_INDEX"]
 
