@@ -75,12 +75,12 @@ SECTIONS = (
 DISPLAY_MAX = 1024
 
 # error categories of split_merge_map
-CORRECT, MERGE, SPLIT, MISSED, FALSE_POSITIVE = 1, 2, 3, 4, 5
-_CATEGORY_NAMES = {CORRECT: "matched", MERGE: "merge", SPLIT: "split", MISSED: "missed",
-                   FALSE_POSITIVE: "false positive"}
-_CATEGORY_COLOURS = {CORRECT: (0.20, 0.75, 0.30), MERGE: (0.95, 0.15, 0.15),
-                     SPLIT: (0.20, 0.45, 1.00), MISSED: (1.00, 0.85, 0.10),
-                     FALSE_POSITIVE: (0.90, 0.20, 0.90)}
+CATEGORY_MATCHED, CATEGORY_MERGE, CATEGORY_SPLIT, CATEGORY_MISSED, CATEGORY_FALSE_POSITIVE = 1, 2, 3, 4, 5
+_CATEGORY_NAMES = {CATEGORY_MATCHED: "matched", CATEGORY_MERGE: "merge", CATEGORY_SPLIT: "split", CATEGORY_MISSED: "missed",
+                   CATEGORY_FALSE_POSITIVE: "false positive"}
+_CATEGORY_COLOURS = {CATEGORY_MATCHED: (0.20, 0.75, 0.30), CATEGORY_MERGE: (0.95, 0.15, 0.15),
+                     CATEGORY_SPLIT: (0.20, 0.45, 1.00), CATEGORY_MISSED: (1.00, 0.85, 0.10),
+                     CATEGORY_FALSE_POSITIVE: (0.90, 0.20, 0.90)}
 
 
 # ============================================================================================
@@ -404,18 +404,18 @@ def split_merge_map(gt: np.ndarray, pred: np.ndarray, fraction: float = 0.5
     false_pos = np.flatnonzero(C[0, 1:] > fraction * p_area[1:]) + 1
 
     g_cat = np.zeros(ng, np.uint8)
-    g_cat[1:] = CORRECT
-    g_cat[missed] = MISSED
-    g_cat[splits] = SPLIT
-    g_cat[merged_g] = MERGE                 # true cells swallowed by a merge
+    g_cat[1:] = CATEGORY_MATCHED
+    g_cat[missed] = CATEGORY_MISSED
+    g_cat[splits] = CATEGORY_SPLIT
+    g_cat[merged_g] = CATEGORY_MERGE                 # true cells swallowed by a merge
     p_cat = np.zeros(npred, np.uint8)
-    p_cat[false_pos] = FALSE_POSITIVE
-    p_cat[merges] = MERGE
+    p_cat[false_pos] = CATEGORY_FALSE_POSITIVE
+    p_cat[merges] = CATEGORY_MERGE
     cat = g_cat[g_inv]                      # matched / missed / split, on true pixels
     pc = p_cat[p_inv]
-    cat[pc == FALSE_POSITIVE] = FALSE_POSITIVE
-    cat[g_cat[g_inv] == SPLIT] = SPLIT
-    cat[(pc == MERGE) | (g_cat[g_inv] == MERGE)] = MERGE
+    cat[pc == CATEGORY_FALSE_POSITIVE] = CATEGORY_FALSE_POSITIVE
+    cat[g_cat[g_inv] == CATEGORY_SPLIT] = CATEGORY_SPLIT
+    cat[(pc == CATEGORY_MERGE) | (g_cat[g_inv] == CATEGORY_MERGE)] = CATEGORY_MERGE
     counts = {"objects": ng - 1, "predicted": npred - 1, "merges": int(merges.size),
               "merged": int(merged_g.size), "splits": int(splits.size),
               "missed": int(missed.size), "false_positives": int(false_pos.size)}
@@ -665,7 +665,7 @@ def png_errors(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, crop: int = 
         return np.clip(rgb, 0, 1)
 
     step = _display_step(cat.shape)
-    errors = (cat >= MERGE)
+    errors = (cat >= CATEGORY_MERGE)
     box = _crop_box(cat.shape, crop, errors if errors.any() else np.asarray(gt))
     fig = _figure(13.0, 6.8)
     axes = fig.subplots(1, 2)
@@ -673,10 +673,10 @@ def png_errors(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, crop: int = 
             "whole image" + (f" (1:{step})" if step > 1 else ""))
     _imshow(axes[1], paint(img[box], cat[box]),
             f"crop y {box[0].start}–{box[0].stop}, x {box[1].start}–{box[1].stop} (1:1)")
-    names = {CORRECT: f"matched ({counts['objects'] - counts['splits'] - counts['missed'] - counts['merged']})",
-             MERGE: f"merge ({counts['merges']} predicted, {counts['merged']} true cells)",
-             SPLIT: f"split ({counts['splits']})", MISSED: f"missed ({counts['missed']})",
-             FALSE_POSITIVE: f"false positive ({counts['false_positives']})"}
+    names = {CATEGORY_MATCHED: f"matched ({counts['objects'] - counts['splits'] - counts['missed'] - counts['merged']})",
+             CATEGORY_MERGE: f"merge ({counts['merges']} predicted, {counts['merged']} true cells)",
+             CATEGORY_SPLIT: f"split ({counts['splits']})", CATEGORY_MISSED: f"missed ({counts['missed']})",
+             CATEGORY_FALSE_POSITIVE: f"false positive ({counts['false_positives']})"}
     handles = [Patch(color=_CATEGORY_COLOURS[k], label=names[k]) for k in names]
     fig.legend(handles=handles, loc="outside lower center", ncol=5, fontsize=9, frameon=False)
     return _png(fig)

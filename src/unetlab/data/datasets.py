@@ -39,7 +39,7 @@ from ..errors import UnetlabError
 from .labels import label_to_instances
 from .normalize import normalize_image, to_channels_first
 from .readers import (IMAGE_SUFFIXES, MAX_PIXELS, _JPEG_SUFFIXES, _TIFF_SUFFIXES, _check_size,
-                      _check_values, read_image, read_stack)
+                      _check_values, _first_line, read_image, read_stack)
 from .sample import Sample
 
 __all__ = ["list_images", "read_pair", "read_dataset"]
