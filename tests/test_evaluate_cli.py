@@ -63,8 +63,8 @@ def test_isbi_folders_reproduce_fiji_and_write_outputs(tmp_path, capsys):
     assert pic.shape == (10, 10, 3)
     cyan = (pic == (0, 255, 255)).all(axis=2)
     red = (pic == (255, 0, 0)).all(axis=2)
-    assert cyan.any() == bool((cls == metrics.MERGE).any())
-    assert red.any() == bool((cls == metrics.SPLIT).any())
+    assert cyan.any() == bool((cls == metrics.WARP_MERGE).any())
+    assert red.any() == bool((cls == metrics.WARP_SPLIT).any())
     assert not list(out.glob(".*tmp*"))  # atomic writes left no temporary files
 
 

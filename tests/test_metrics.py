@@ -18,7 +18,7 @@ from scipy import ndimage
 from reference import naive_metrics as nm
 from unetlab import _isbi, metrics
 from unetlab.errors import UnetlabError
-from unetlab.metrics import MERGE, SPLIT
+from unetlab.metrics import WARP_MERGE, WARP_SPLIT
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "examples" / "metrics"
 CASES = ["em1_tradeoff_free", "em2_tradeoff", "em3_constant"]
@@ -156,7 +156,7 @@ def test_fast_warping_equals_naive_on_random_cases():
             np.testing.assert_array_equal(fast, slow, err_msg=f"case {it} th {th} r {radius}")
             fw, _, _ = _isbi.warp_slice(gt, prob, th, _isbi.SIMPLE)
             np.testing.assert_array_equal(fw.astype(bool), warped)
-            n_split_local += int(np.count_nonzero(slow == SPLIT))
+            n_split_local += int(np.count_nonzero(slow == WARP_SPLIT))
     assert n_split_local > 0  # the cases exercise the split classification
 
 
@@ -251,7 +251,7 @@ def test_one_pixel_bridge_is_a_merge():
     prob = gt.astype(np.float32)
     prob[5, 6] = 1.0  # the membrane line is broken at one pixel
     cls = metrics.warping_classes(gt, prob, 0.5)
-    assert cls[5, 6] == MERGE and np.count_nonzero(cls) == 1
+    assert cls[5, 6] == WARP_MERGE and np.count_nonzero(cls) == 1
     r = metrics.isbi2012(gt, prob)
     assert r["warping_error"] == pytest.approx(1 / gt.size)
     assert r["per_threshold"][5]["mergers"] == 1
@@ -264,7 +264,7 @@ def test_false_membrane_line_across_a_cell_is_one_split_pixel():
     prob = gt.astype(np.float32)
     prob[7, :6] = 0.2  # cuts the left cell in two
     cls = metrics.warping_classes(gt, prob, 0.5)
-    assert np.count_nonzero(cls == SPLIT) == 1 and np.count_nonzero(cls == MERGE) == 0
+    assert np.count_nonzero(cls == WARP_SPLIT) == 1 and np.count_nonzero(cls == WARP_MERGE) == 0
     assert np.count_nonzero(cls) == 1  # the other 5 pixels warped away as simple points
 
 

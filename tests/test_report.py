@@ -13,8 +13,9 @@ from skimage.segmentation import find_boundaries
 
 from unetlab.cli import main
 from unetlab.errors import UnetlabError
+from unetlab.metrics import split_merge_map
 from unetlab.report import (SECTIONS, ReportData, _boundaries, build_report, load_report_data,
-                            overlay, png_weight_map, read_log, save_report_data, split_merge_map)
+                            overlay, png_weight_map, read_log, save_report_data)
 from unetlab.synthetic import touching_cells_arrays, touching_pairs
 from unetlab.weights import training_targets
 

@@ -295,13 +295,13 @@ def error_picture(prob: np.ndarray, classes: np.ndarray, grow: int = 2) -> np.nd
     ``grow`` pixels on each side so that single pixels are visible)."""
     from scipy import ndimage
 
-    from ..metrics import MERGE, SPLIT
+    from ..metrics import WARP_MERGE, WARP_SPLIT
 
     grey = np.clip(np.asarray(prob, np.float32) * 255 * 0.8, 0, 255).astype(np.uint8)
     rgb = np.repeat(grey[..., None], 3, axis=2)
     size = 2 * grow + 1
-    merge = ndimage.maximum_filter(classes == MERGE, size=size)
-    split = ndimage.maximum_filter(classes == SPLIT, size=size)
+    merge = ndimage.maximum_filter(classes == WARP_MERGE, size=size)
+    split = ndimage.maximum_filter(classes == WARP_SPLIT, size=size)
     rgb[merge] = (0, 255, 255)
     rgb[split] = (255, 0, 0)
     return rgb
