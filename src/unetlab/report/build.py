@@ -5,7 +5,9 @@ from __future__ import annotations
 import html
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,6 +58,33 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         raise UnetlabError(f"{out}: is a folder, expected the report's file name")
     if not out.parent.is_dir():
         raise UnetlabError(f"{out}: the folder {out.parent} does not exist")
+    run = _open_run(run_dir, out, data, embed)
+    for anchor, heading in SECTIONS:
+        if anchor == "timing":  # includes the report's own time, so it is measured last
+            run.timing["report"] = time.perf_counter() - t0
+        run.page.section(anchor, heading, "\n".join(_SECTION_BODIES[anchor](run)))
+    try:
+        atomic_write_text(out, _document(run))
+    except OSError as e:
+        raise UnetlabError(f"{out}: cannot write the report ({e.strerror or e})") from None
+    _readable(out)
+    return out
+
+
+@dataclass
+class _Run:
+    """What every section reads: the run folder, its config, data, log and the page."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    data: ReportData
+    page: _Page
+    timing: dict[str, Any]
+    log: dict[str, np.ndarray] | None
+    log_note: str | None
+
+
+def _open_run(run_dir: Path, out: Path, data: ReportData | None, embed: bool) -> _Run:
     config = _read_config(run_dir)
     if data is None:
         data = load_report_data(run_dir)
@@ -66,11 +95,21 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
             if note:
                 data.notes.append(note)
     files_dir = out.parent / f"{out.stem}_files"
-    page = _Page(embed, files_dir, files_dir.name)
-    timing = dict(data.timing)
+    log, log_note = None, None
+    log_path = run_dir / "log.csv"
+    if log_path.exists():
+        try:
+            log = read_log(log_path)
+        except UnetlabError as e:
+            log_note = str(e)
+    else:
+        log_note = "No log.csv in the run folder: no training curves."
+    return _Run(run_dir, config, data, _Page(embed, files_dir, files_dir.name),
+                dict(data.timing), log, log_note)
 
-    # -- summary
-    body = []
+
+def _summary(run: _Run) -> list[str]:
+    data, body = run.data, []
     if data.headline:
         body.append('<div class="cards">' + "".join(
             f'<div class="card"><div class="v">{_fmt(v)}</div><div class="k">{html.escape(str(k))}'
@@ -79,146 +118,142 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         body.append(_note(n))
     if not body:
         body.append("<p>No headline numbers were saved for this run.</p>")
-    body.append(_caption(f"Run folder: <code>{html.escape(str(run_dir.resolve()))}</code>"))
-    page.section("summary", "Summary", "\n".join(body))
+    body.append(_caption(f"Run folder: <code>{html.escape(str(run.run_dir.resolve()))}</code>"))
+    return body
 
-    # -- training images
-    if data.train_images and data.train_instances:
-        body = [_caption("Top: training images. Bottom: the annotated instances, each tinted "
-                         "and outlined in its own colour (the paper's Fig. 3a–b).")]
-        body.append(_picture(page, lambda: png_samples(data.train_images, data.train_instances),
-                             "training images with labels", "samples"))
-    else:
-        body = [_note("No training samples were saved with this run "
+
+def _training_images(run: _Run) -> list[str]:
+    data = run.data
+    if not (data.train_images and data.train_instances):
+        return [_note("No training samples were saved with this run "
                       "(report_data/train.npz; unetlab demo writes it).")]
-    page.section("training-images", "Training images and labels", "\n".join(body))
+    return [_caption("Top: training images. Bottom: the annotated instances, each tinted "
+                     "and outlined in its own colour (the paper's Fig. 3a–b)."),
+            _picture(run.page, lambda: png_samples(data.train_images, data.train_instances),
+                     "training images with labels", "samples")]
 
-    # -- weight map
-    if data.train_instances:
-        lab = np.asarray(data.train_instances[0])
-        img = data.train_images[0]
 
-        def make_w():
-            w, sep = _compute_weight_map(lab, float(config.get("w0", 10.0)),
-                                         float(config.get("sigma", 5.0)))
-            if data.weight_maps:
-                w = data.weight_maps[0]
-            return png_weight_map(img, lab, w, sep)
+def _weight_map(run: _Run) -> list[str]:
+    data, config = run.data, run.config
+    if not data.train_instances:
+        return [_note("No training labels available, so no weight map to show.")]
+    lab = np.asarray(data.train_instances[0])
+    img = data.train_images[0]
 
-        body = [_caption("Eq. 2: w(x) = w<sub>c</sub>(x) + w<sub>0</sub>·exp(−(d<sub>1</sub>(x) + "
-                         "d<sub>2</sub>(x))² / 2σ²), here for the first training image. The class "
-                         "balance w<sub>c</sub> lifts the rarer class; the border term is large in "
-                         "the thin gaps between touching cells, forcing the network to learn "
-                         "them."),
-                _picture(page, make_w, "weight map", "weights")]
-    else:
-        body = [_note("No training labels available, so no weight map to show.")]
-    page.section("weight-map", "Weight map", "\n".join(body))
+    def make_w():
+        w, sep = _compute_weight_map(lab, float(config.get("w0", 10.0)),
+                                     float(config.get("sigma", 5.0)))
+        if data.weight_maps:
+            w = data.weight_maps[0]
+        return png_weight_map(img, lab, w, sep)
 
-    # -- augmentation
-    if data.augmented:
-        body = [_caption("Random augmentations as the trainer sees them (Sec. 3.1: elastic "
-                         "deformation on a 3×3 grid with σ = 10 px, rotation, flips, shifts, grey "
-                         "values). Top: deformed image with the deformed cell outlines (yellow; "
-                         "grey = ignored pixels). Bottom: the deformed weight map."),
-                _picture(page, lambda: png_augmented(data.augmented), "augmented samples",
-                         "augmented")]
-    else:
-        body = [_note("No augmented samples were saved with this run "
+    return [_caption("Eq. 2: w(x) = w<sub>c</sub>(x) + w<sub>0</sub>·exp(−(d<sub>1</sub>(x) + "
+                     "d<sub>2</sub>(x))² / 2σ²), here for the first training image. The class "
+                     "balance w<sub>c</sub> lifts the rarer class; the border term is large in "
+                     "the thin gaps between touching cells, forcing the network to learn "
+                     "them."),
+            _picture(run.page, make_w, "weight map", "weights")]
+
+
+def _augmentation(run: _Run) -> list[str]:
+    data = run.data
+    if not data.augmented:
+        return [_note("No augmented samples were saved with this run "
                       "(report_data/augmented.npz).")]
-    page.section("augmentation", "Augmented samples", "\n".join(body))
+    return [_caption("Random augmentations as the trainer sees them (Sec. 3.1: elastic "
+                     "deformation on a 3×3 grid with σ = 10 px, rotation, flips, shifts, grey "
+                     "values). Top: deformed image with the deformed cell outlines (yellow; "
+                     "grey = ignored pixels). Bottom: the deformed weight map."),
+            _picture(run.page, lambda: png_augmented(data.augmented), "augmented samples",
+                     "augmented")]
 
-    # -- curves
-    log_path = run_dir / "log.csv"
-    log = None
-    if log_path.exists():
-        try:
-            log = read_log(log_path)
-        except UnetlabError as e:
-            body = [_note(str(e))]
-    if log is not None:
-        body = [_picture(page, lambda: png_curves(log), "training curves", "curves")]
-        if not _validation_columns(log):
-            body.append(_note("This run logged no validation metrics (no validation set)."))
-        it = log.get("iteration")
-        if it is not None and len(it):
-            body.append(_caption(f"{len(it)} log rows, last iteration {int(np.nanmax(it))}."))
-        tcol = next((c for c in ("seconds", "time", "elapsed") if c in log), None)
-        if tcol and np.isfinite(log[tcol]).any() and not any(k.startswith("training")
-                                                              for k in timing):
-            timing["training (log.csv)"] = float(np.nanmax(log[tcol]))
-    elif not log_path.exists():
-        body = [_note("No log.csv in the run folder: no training curves.")]
-    page.section("curves", "Training curves", "\n".join(body))
 
-    # -- prediction
-    if data.pred_image is not None and data.pred_prob is not None:
-        body = [_caption("Overlap-tile prediction (Fig. 2) of the image below: P(cell) from the "
-                         "pixel-wise soft-max, and the instances split from it. The yellow box "
-                         "marks the full-resolution crop of the second row."),
-                _picture(page, lambda: png_prediction(data.pred_image, data.pred_prob,
+def _curves(run: _Run) -> list[str]:
+    log = run.log
+    if log is None:
+        return [_note(run.log_note or "No training curves.")]
+    body = [_picture(run.page, lambda: png_curves(log), "training curves", "curves")]
+    if not _validation_columns(log):
+        body.append(_note("This run logged no validation metrics (no validation set)."))
+    it = log.get("iteration")
+    if it is not None and len(it) and np.isfinite(it).any():
+        body.append(_caption(f"{len(it)} log rows, last iteration {int(np.nanmax(it))}."))
+    tcol = next((c for c in ("seconds", "time", "elapsed") if c in log), None)
+    if tcol and np.isfinite(log[tcol]).any() and not any(k.startswith("training")
+                                                          for k in run.timing):
+        run.timing["training (log.csv)"] = float(np.nanmax(log[tcol]))
+    return body
+
+
+def _prediction(run: _Run) -> list[str]:
+    data = run.data
+    if data.pred_image is None or data.pred_prob is None:
+        return [_note("No prediction was saved with this run (report_data/prediction.npz).")]
+    return [_caption("Overlap-tile prediction (Fig. 2) of the image below: P(cell) from the "
+                     "pixel-wise soft-max, and the instances split from it. The yellow box "
+                     "marks the full-resolution crop of the second row."),
+            _picture(run.page, lambda: png_prediction(data.pred_image, data.pred_prob,
                                                       data.pred_instances),
-                         "prediction", "prediction")]
-    else:
-        body = [_note("No prediction was saved with this run (report_data/prediction.npz).")]
-    page.section("prediction", "Prediction", "\n".join(body))
+                     "prediction", "prediction")]
 
-    # -- errors
-    if data.gt_instances is not None and data.pred_instances is not None:
-        body = [_caption("Object-level errors of the predicted instances against the ground "
-                         "truth: a <b>merge</b> is a predicted object holding most of two or more "
-                         "true cells, a <b>split</b> a true cell most of whose area falls in two or "
-                         "more predicted pieces, <b>missed</b> a true cell predicted mostly as "
-                         "background, <b>false positive</b> a predicted object lying mostly on "
-                         "background."),
-                _picture(page, lambda: png_errors(data.pred_image if data.pred_image is not None
-                                                  else data.gt_instances > 0,
-                                                  data.gt_instances, data.pred_instances),
-                         "split and merge errors", "errors")]
-    else:
-        body = [_note("No ground truth for the predicted image: no error map.")]
-    page.section("errors", "Split and merge errors", "\n".join(body))
 
-    # -- metrics
-    if data.metrics:
-        body = [_metrics_html(data.metrics)]
-    else:
-        body = [_note("No metrics were saved with this run (report_data/metrics.json).")]
-    page.section("metrics", "Metrics", "\n".join(body))
+def _errors(run: _Run) -> list[str]:
+    data = run.data
+    if data.gt_instances is None or data.pred_instances is None:
+        return [_note("No ground truth for the predicted image: no error map.")]
+    background = data.pred_image if data.pred_image is not None else data.gt_instances > 0
+    return [_caption("Object-level errors of the predicted instances against the ground "
+                     "truth: a <b>merge</b> is a predicted object holding most of two or more "
+                     "true cells, a <b>split</b> a true cell most of whose area falls in two or "
+                     "more predicted pieces, <b>missed</b> a true cell predicted mostly as "
+                     "background, <b>false positive</b> a predicted object lying mostly on "
+                     "background."),
+            _picture(run.page, lambda: png_errors(background, data.gt_instances,
+                                                  data.pred_instances),
+                     "split and merge errors", "errors")]
 
-    # -- configuration
-    cfg = run_dir / "config.toml"
-    if cfg.exists():
-        try:
-            text = cfg.read_text(encoding="utf-8")
-            body = [f"<pre>{html.escape(text)}</pre>"]
-        except (OSError, UnicodeDecodeError) as e:
-            body = [_note(f"{cfg}: unreadable ({e})")]
-    else:
-        body = [_note("No config.toml in the run folder.")]
-    page.section("configuration", "Configuration", "\n".join(body))
 
-    # -- timing
-    timing["report"] = time.perf_counter() - t0
+def _metrics(run: _Run) -> list[str]:
+    if not run.data.metrics:
+        return [_note("No metrics were saved with this run (report_data/metrics.json).")]
+    return [_metrics_html(run.data.metrics)]
+
+
+def _configuration(run: _Run) -> list[str]:
+    cfg = run.run_dir / "config.toml"
+    if not cfg.exists():
+        return [_note("No config.toml in the run folder.")]
+    try:
+        return [f"<pre>{html.escape(cfg.read_text(encoding='utf-8'))}</pre>"]
+    except (OSError, UnicodeDecodeError) as e:
+        return [_note(f"{cfg}: unreadable ({e})")]
+
+
+def _timing(run: _Run) -> list[str]:
+    timing = run.timing
     before = timing.pop("total before the report", None)
-    if isinstance(before, (int, float)):
+    if isinstance(before, (int, float)) and isinstance(timing.get("report"), (int, float)):
         timing["total"] = before + timing["report"]
     rows = [(k, _seconds(v)) for k, v in timing.items() if isinstance(v, (int, float))]
-    body = [_table(["stage", "wall-clock time"], rows)]
-    page.section("timing", "Timing", "\n".join(body))
+    return [_table(["stage", "wall-clock time"], rows)]
 
+
+_SECTION_BODIES = {
+    "summary": _summary, "training-images": _training_images, "weight-map": _weight_map,
+    "augmentation": _augmentation, "curves": _curves, "prediction": _prediction,
+    "errors": _errors, "metrics": _metrics, "configuration": _configuration,
+    "timing": _timing,
+}
+
+
+def _document(run: _Run) -> str:
     from .. import __version__
 
+    title = html.escape(run.data.title)
     nav = "".join(f'<a href="#{a}">{html.escape(h)}</a>' for a, h in SECTIONS)
-    doc = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-           f"<title>{html.escape(data.title)} — unetlab report</title><style>{_CSS}</style>"
-           f"</head><body><header><h1>{html.escape(data.title)}</h1><p>unetlab {__version__} · "
-           f"U-Net (Ronneberger, Fischer &amp; Brox, MICCAI 2015) · report written "
-           f"{time.strftime('%Y-%m-%d %H:%M')}</p></header><nav>{nav}</nav><main>\n"
-           + "\n".join(page.parts) + "\n</main></body></html>\n")
-    try:
-        atomic_write_text(out, doc)
-    except OSError as e:
-        raise UnetlabError(f"{out}: cannot write the report ({e.strerror or e})") from None
-    _readable(out)
-    return out
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{title} — unetlab report</title><style>{_CSS}</style>"
+            f"</head><body><header><h1>{title}</h1><p>unetlab {__version__} · "
+            f"U-Net (Ronneberger, Fischer &amp; Brox, MICCAI 2015) · report written "
+            f"{time.strftime('%Y-%m-%d %H:%M')}</p></header><nav>{nav}</nav><main>\n"
+            + "\n".join(run.page.parts) + "\n</main></body></html>\n")
