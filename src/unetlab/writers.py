@@ -9,17 +9,20 @@ write leaves no partial file and an existing file untouched; failures are raised
 * :func:`write_tiff` — any uint8 / uint16 / int32 / float32 … array: (H, W), a stack (S, H, W),
   or (H, W, 3) RGB; extra keyword arguments go to ``tifffile.imwrite`` (e.g. ``resolution``,
   ``metadata``).
+* :func:`check_outputs` — the rule every verb applies before writing: never an input file, and
+  an existing file only when asked to overwrite it.
 """
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 
 from .atomic import atomic_path
 from .errors import UnetlabError
 
-__all__ = ["write_png", "write_tiff"]
+__all__ = ["write_png", "write_tiff", "check_outputs"]
 
 
 def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
@@ -49,3 +52,32 @@ def write_tiff(path: str | os.PathLike, array: np.ndarray, **metadata) -> None:
     metadata.setdefault("photometric", "rgb" if rgb else "minisblack")
     with atomic_path(path, suffix=".tif") as tmp:
         tifffile.imwrite(tmp, a, **metadata)
+
+
+def _input_files(inputs) -> dict[str, str]:
+    """{real path: as given} of the input files; a folder stands for the files directly in it."""
+    found: dict[str, str] = {}
+    for i in inputs:
+        p = Path(i)
+        files = [f for f in p.iterdir() if f.is_file()] if p.is_dir() else [p]
+        for f in files:
+            found.setdefault(os.path.realpath(f), str(f))
+    return found
+
+
+def check_outputs(outputs, inputs=(), overwrite: bool = False) -> None:
+    """Refuse before anything is written: an output that is one of the ``inputs`` (files, or
+    folders standing for the files in them) even with ``overwrite``, an output that is a folder,
+    and an existing output file unless ``overwrite``. Raises :class:`UnetlabError` naming it."""
+    ins = _input_files(inputs)
+    for o in outputs:
+        o = Path(o)
+        real = os.path.realpath(o)
+        if real in ins:
+            raise UnetlabError(f"{o}: is the input {ins[real]}; writing it would destroy the "
+                               "input, choose another output")
+        if o.is_dir():
+            raise UnetlabError(f"{o}: is a folder, expected an output file name")
+        if o.exists() and not overwrite:
+            raise UnetlabError(f"{o}: already exists; pass --overwrite (overwrite=True) to "
+                               "replace it")

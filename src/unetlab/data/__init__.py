@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from ..weights import IGNORE_INDEX
 from .datasets import list_images, read_dataset, read_pair
-from .labels import label_to_instances
+from .labels import label_to_instances, read_label_image, read_labels
 from .normalize import (normalization_stats, normalize_image, sample_stats, subsample_step,
                         to_channels_first)
 from .readers import IMAGE_SUFFIXES, MAX_PIXELS, _check_size, read_image, read_stack  # noqa: F401
@@ -40,5 +40,7 @@ __all__ = [
     "subsample_step",
     "to_channels_first",
     "label_to_instances",
+    "read_label_image",
+    "read_labels",
     "TileSampler",
 ]

@@ -36,9 +36,9 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..errors import UnetlabError
-from .labels import label_to_instances
+from .labels import label_to_instances, read_label_image
 from .normalize import normalize_image, to_channels_first
-from .readers import (IMAGE_SUFFIXES, MAX_PIXELS, _JPEG_SUFFIXES, _TIFF_SUFFIXES, _check_size,
+from .readers import (IMAGE_SUFFIXES, MAX_PIXELS, _TIFF_SUFFIXES, _check_size,
                       _check_values, _first_line, read_image, read_stack)
 from .sample import Sample
 
@@ -98,12 +98,6 @@ def list_images(path: str | os.PathLike | Iterable[str | os.PathLike]) -> list[P
     raise UnetlabError(f"{p}: no such file or folder")
 
 
-def _read_label(path: Path, max_pixels: int | None) -> np.ndarray:
-    if path.suffix.lower() in _JPEG_SUFFIXES:
-        raise UnetlabError(f"{path}: JPEG is lossy and cannot hold labels; use PNG or TIFF")
-    return read_image(path, max_pixels=max_pixels, palette_indices=True)
-
-
 def read_pair(image: str | os.PathLike, label: str | os.PathLike, channels: int | None = None,
               name: str | None = None, max_pixels: int | None = None) -> Sample:
     """Read one image file and its label file into a :class:`Sample` (layout d).
@@ -113,7 +107,7 @@ def read_pair(image: str | os.PathLike, label: str | os.PathLike, channels: int 
     """
     ip, lp = Path(image), Path(label)
     img = to_channels_first(read_image(ip, max_pixels=max_pixels), channels, ip)
-    lab = label_to_instances(_read_label(lp, max_pixels), lp)
+    lab = label_to_instances(read_label_image(lp, max_pixels), lp)
     if img.shape[1:] != lab.shape:
         raise UnetlabError(f"{ip} and {lp}: image size {img.shape[1:]} differs from label size "
                            f"{lab.shape}")

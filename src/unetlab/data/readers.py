@@ -30,7 +30,6 @@ MAX_PIXELS: int = 2**31
 #: File suffixes read as images (lower case).
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 _TIFF_SUFFIXES = (".tif", ".tiff")
-_JPEG_SUFFIXES = (".jpg", ".jpeg")
 _PIL_LOCK = threading.Lock()
 
 
