@@ -252,7 +252,7 @@ def _read_ctc(sequences: list[tuple[Path, Path]], channels: int | None, ignore_u
                 raise UnetlabError(f"{seg_path}: no image t{t}.tif in {seq}")
             raw = read_image(img_path, max_pixels=max_pixels)
             img = to_channels_first(raw, channels, img_path)
-            inst = label_to_instances(read_image(seg_path, max_pixels=max_pixels), seg_path)
+            inst = label_to_instances(read_label_image(seg_path, max_pixels), seg_path)
             if img.shape[1:] != inst.shape:
                 raise UnetlabError(f"{img_path} and {seg_path}: image size {img.shape[1:]} "
                                    f"differs from label size {inst.shape}")
