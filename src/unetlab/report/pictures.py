@@ -22,6 +22,7 @@ import numpy as np
 
 from ..metrics import (CATEGORY_FALSE_POSITIVE, CATEGORY_MATCHED, CATEGORY_MERGE, CATEGORY_MISSED,
                        CATEGORY_SPLIT, split_merge_map)
+from ..weights import IGNORE_INDEX
 
 __all__ = ["DISPLAY_MAX", "overlay", "png_samples", "png_weight_map", "png_augmented", "png_prediction", "png_errors"]
 
@@ -179,9 +180,34 @@ def png_weight_map(image: np.ndarray, instances: np.ndarray, weights: np.ndarray
             cmap="gray", vmin=0, vmax=1)
     im = _imshow(axes[2], w, "weight map w(x) (Fig. 3d)", cmap="jet", vmin=0,
                  vmax=float(np.nanmax(w)) if w.size else 1.0)
-    cb = fig.colorbar(im, ax=axes[2], fraction=0.046, pad=0.02)
-    cb.set_label("weight", fontsize=9)
+    _colorbar(fig, axes[2], im, "weight")
     return _png(fig)
+
+
+def png_weight_panels(classes: np.ndarray, weights: np.ndarray, n_instances: int,
+                      title: str = "weight map (Eq. 2)", cmap: str = "jet") -> bytes:
+    """Two panels at the image's resolution: the class image with separated cells (Fig. 3c;
+    ignored pixels grey) and the weight map with a colour bar (Fig. 3d)."""
+    h, wd = weights.shape
+    panel = min(7.0, max(3.0, wd / 100))                 # inches
+    fig = _figure(2 * panel + 1.2, panel * h / wd + 0.9)
+    fig.set_dpi(max(100, wd // 7))
+    ax1, ax2 = fig.subplots(1, 2)
+    shown = np.where(classes == IGNORE_INDEX, 0.5, classes.astype(np.float32))
+    _imshow(ax1, shown, f"cells, separated (Fig. 3c): {n_instances} instances", cmap="gray",
+            vmin=0, vmax=1)
+    im = _imshow(ax2, weights, title, cmap=cmap)
+    _colorbar(fig, ax2, im)
+    return _png(fig)
+
+
+def _colorbar(fig, ax, im, label: str | None = None):
+    """A colour bar beside ``ax`` that does not shrink it, so panels in a row stay aligned."""
+    cax = ax.inset_axes([1.03, 0.0, 0.04, 1.0])
+    cb = fig.colorbar(im, cax=cax)
+    if label:
+        cb.set_label(label, fontsize=9)
+    return cb
 
 
 def png_augmented(samples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
