@@ -168,15 +168,11 @@ def _splits_cell(binary, y, x, y0, y1, x0, x1, outside_is_zero, stamp, base, que
         cur += 1
         # flood this neighbour's 4-component inside the window, centre excluded
         stamp[ny, nx] = cur
-        head = 0
-        tail = 0
-        queue[tail] = ny * w + nx
-        tail += 1
+        queue[0] = ny * w + nx
+        head, tail = 0, 1
         while head < tail:
-            p = queue[head]
+            py, px = divmod(queue[head], w)
             head += 1
-            py = p // w
-            px = p - py * w
             for d in range(4):
                 if d == 0:
                     qy, qx = py - 1, px
@@ -287,10 +283,8 @@ def _flood_level(lab, ys, xs, queue, current, flag):
                 lab[y, x] = _INQUEUE
                 break
     while head < tail:
-        p = queue[head]
+        y, x = divmod(queue[head], w)
         head += 1
-        y = p // w
-        x = p - y * w
         for d in range(4):
             v = y + _N4Y[d]
             u = x + _N4X[d]
@@ -317,23 +311,27 @@ def _flood_level(lab, ys, xs, queue, current, flag):
         if lab[y, x] == _MASK:
             current += 1
             lab[y, x] = current
-            head = 0
-            tail = 0
-            queue[tail] = y * w + x
-            tail += 1
-            while head < tail:
-                p = queue[head]
-                head += 1
-                py = p // w
-                px = p - py * w
-                for d in range(4):
-                    v = py + _N4Y[d]
-                    u = px + _N4X[d]
-                    if 0 <= v < h and 0 <= u < w and lab[v, u] == _MASK:
-                        lab[v, u] = current
-                        queue[tail] = v * w + u
-                        tail += 1
+            _label_component(lab, y, x, current, queue)
     return current, flag
+
+
+@njit(cache=True, nogil=True)
+def _label_component(lab, y, x, current, queue):
+    """Give the 4-connected _MASK pixels reachable from (y, x) the label ``current`` (a stack:
+    the order does not change which pixels are reached)."""
+    h, w = lab.shape
+    queue[0] = y * w + x
+    top = 1
+    while top > 0:
+        top -= 1
+        py, px = divmod(queue[top], w)
+        for d in range(4):
+            v = py + _N4Y[d]
+            u = px + _N4X[d]
+            if 0 <= v < h and 0 <= u < w and lab[v, u] == _MASK:
+                lab[v, u] = current
+                queue[top] = v * w + u
+                top += 1
 
 
 @njit(cache=True, nogil=True)

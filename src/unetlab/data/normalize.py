@@ -18,7 +18,10 @@ import numpy as np
 
 from ..errors import UnetlabError
 
-__all__ = ["to_channels_first", "subsample_step", "sample_stats", "normalization_stats", "normalize_image"]
+__all__ = [
+    "to_channels_first", "subsample_step", "sample_stats", "normalization_stats",
+    "normalize_image",
+]
 
 
 _PERCENTILES = (1.0, 99.8)

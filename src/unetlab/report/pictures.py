@@ -24,7 +24,10 @@ from ..metrics import (CATEGORY_FALSE_POSITIVE, CATEGORY_MATCHED, CATEGORY_MERGE
                        CATEGORY_SPLIT, split_merge_map)
 from ..weights import IGNORE_INDEX
 
-__all__ = ["DISPLAY_MAX", "overlay", "png_samples", "png_weight_map", "png_augmented", "png_prediction", "png_errors"]
+__all__ = [
+    "DISPLAY_MAX", "overlay", "png_samples", "png_weight_map", "png_augmented", "png_prediction",
+    "png_errors",
+]
 
 
 #: largest side (pixels) of a whole image shown on the page; larger images are downsampled
