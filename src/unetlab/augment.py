@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 import numpy as np
 
@@ -29,6 +30,7 @@ from .elastic import (_coordinates, _identity_copy, bspline_upsampling_matrix,  
 from .errors import UnetlabError
 
 __all__ = [
+    "write_augmented",
     "elastic_deform", "random_grid", "elastic_field", "bspline_upsampling_matrix", "resample",
     "Augment", "AugmentParams", "make_rng",
 ]
@@ -263,3 +265,115 @@ def _check_triplet(image, classes, weights):
         if weights.dtype != np.float32:
             weights = weights.astype(np.float32)
     return image, classes, weights
+
+
+# ----------------------------------------------------------------------------------------------
+# files: what ``unetlab augment`` writes
+
+def write_augmented(data, out, *, labels=None, n: int = 8, seed: int = 0, size: int = 256,
+                    tile: int | None = None, sigma: float = 10.0, grid: int = 3,
+                    rotation: float = 45.0, grey: bool = True,
+                    overwrite: bool = False) -> list[Path]:
+    """Augment samples of a data set the way training does and write files a person can check.
+
+    ``data``: what :func:`unetlab.data.read_dataset` reads (with ``labels``), or ``"synthetic"``
+    (touching cells of ``size`` px). ``n`` samples, ``tile``: a random N×N crop (px) of each
+    image first, mirrored past the borders. ``sigma`` (px), ``grid`` (points per axis),
+    ``rotation`` (degrees) and ``grey`` configure :class:`Augment` (seeded by ``seed``).
+    Writes into folder ``out``: ``aug_NNN_image.tif`` (float32), ``aug_NNN_image.png`` (8-bit),
+    ``aug_NNN_classes.png``, ``aug_NNN_weights.tif`` and ``grid.png``; existing files need
+    ``overwrite``, inputs are never overwritten. Returns the written paths."""
+    from .report.pictures import png_augment_grid, to_uint8
+    from .weights import training_targets
+    from .writers import check_outputs, write_png, write_tiff
+
+    _check_options(n, size, tile, sigma, grid, rotation)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UnetlabError(f"--out: {out} exists and is not a folder")
+    names = [f"aug_{i:03d}_{part}" for i in range(n)
+             for part in ("image.tif", "image.png", "classes.png", "weights.tif")] + ["grid.png"]
+    inputs = [x for x in (data, labels) if x is not None and str(x) != "synthetic"]
+    check_outputs([out / f for f in names], inputs, overwrite)
+    samples = _load_samples(data, labels, n, size, seed, tile)
+    off = {} if grey else {"contrast": 0.0, "brightness": 0.0, "gamma": 0.0, "noise": 0.0}
+    aug = Augment(elastic_sigma=sigma, elastic_grid=grid, rotation=rotation, seed=seed, **off)
+    rng = np.random.default_rng([seed, 1])        # tile positions
+    out.mkdir(parents=True, exist_ok=True)
+    targets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    rows = []
+    for i in range(n):
+        k = i % len(samples)
+        s = samples[k]
+        if k not in targets:
+            targets[k] = training_targets(s.instances)
+        image, classes, weights = s.image, *targets[k]
+        if tile is not None:
+            image, classes, weights = _tile([image, classes, weights], tile, rng)
+        params = aug.sample(classes.shape)
+        a_img, a_cls, a_w = aug.apply(params, image, classes, weights)
+        stem = out / f"aug_{i:03d}"
+        write_tiff(f"{stem}_image.tif", a_img)
+        write_png(f"{stem}_image.png", to_uint8(a_img))
+        write_png(f"{stem}_classes.png", a_cls)
+        write_tiff(f"{stem}_weights.tif", a_w)
+        rows.append({"original": image, "image": a_img, "classes": a_cls, "weights": a_w,
+                     "title": _describe(params, s.name or f"sample {k}")})
+    from .atomic import atomic_write_bytes
+
+    atomic_write_bytes(out / "grid.png", png_augment_grid(rows))
+    return [out / f for f in names]
+
+
+def _check_options(n, size, tile, sigma, grid, rotation) -> None:
+    if n < 1:
+        raise UnetlabError(f"--n: must be at least 1, got {n}")
+    if n > 1000:
+        raise UnetlabError(f"--n: at most 1000 samples per run, got {n}")
+    if size < 16:
+        raise UnetlabError(f"--size: synthetic images must be at least 16 pixels, got {size}")
+    if tile is not None and tile < 8:
+        raise UnetlabError(f"--tile: must be at least 8 pixels, got {tile}")
+    if not np.isfinite(sigma) or sigma < 0:
+        raise UnetlabError(f"--sigma: must be a number ≥ 0 (pixels), got {sigma}")
+    if grid < 2:
+        raise UnetlabError(f"--grid: must be at least 2 points per axis, got {grid}")
+    if not np.isfinite(rotation) or rotation < 0:
+        raise UnetlabError(f"--rotation: must be a number ≥ 0 (degrees), got {rotation}")
+
+
+def _load_samples(data, labels, n: int, size: int, seed: int, tile: int | None) -> list:
+    if str(data) == "synthetic":
+        from .synthetic import touching_cells
+
+        if labels is not None:
+            raise UnetlabError("--labels: not used with DATA=synthetic")
+        return touching_cells(min(n, 4), size, seed)
+    from .data import read_dataset
+
+    samples = read_dataset(data, labels=labels)
+    if not samples:
+        raise UnetlabError(f"{data}: no training samples found")
+    side = max(max(s.shape) for s in samples)
+    if tile is not None and tile > max(4 * side, 64):
+        raise UnetlabError(f"--tile: {tile} pixels is far larger than the images "
+                           f"(largest side {side}); use at most {max(4 * side, 64)}")
+    return samples
+
+
+def _tile(arrays, n: int, rng: np.random.Generator):
+    """A random n×n tile of every (..., H, W) array (same place), mirrored past the borders."""
+    from .tiling import reflect_indices
+
+    h, w = arrays[0].shape[-2:]
+    y0 = int(rng.integers(0, max(h - n, 0) + 1))
+    x0 = int(rng.integers(0, max(w - n, 0) + 1))
+    iy, ix = reflect_indices(y0, y0 + n, h), reflect_indices(x0, x0 + n, w)
+    return [a[..., iy, :][..., ix] for a in arrays]
+
+
+def _describe(params: AugmentParams, name: str) -> str:
+    d = params.displacements
+    return (f"{name}\nrot {params.angle:+.0f}°+{90 * params.quarter_turns}°"
+            f"{' flip' if params.flip else ''}, "
+            f"max |d| {0 if d is None else np.abs(d).max():.0f} px")

@@ -213,6 +213,42 @@ def _colorbar(fig, ax, im, label: str | None = None):
     return cb
 
 
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """(C, H, W) float → (H, W) or (H, W, 3) uint8, stretched between the 0.5 and 99.5 %ile."""
+    v = img[0] if img.shape[0] != 3 else np.moveaxis(img, 0, -1)
+    lo, hi = np.percentile(v, [0.5, 99.5])
+    scale = 255.0 / (hi - lo) if hi > lo else 1.0
+    return np.clip((v - lo) * scale, 0, 255).astype(np.uint8)
+
+
+def png_augment_grid(rows: Sequence[dict]) -> bytes:
+    """One row per augmented sample (dict with ``original`` and ``image`` (C, H, W) float,
+    ``classes`` (H, W) uint8, ``weights`` (H, W) float, ``title``): original, augmented image,
+    augmented labels (grey = ignored), label outlines over the image, augmented weights."""
+    from skimage.segmentation import find_boundaries
+
+    cols = ["original", "augmented image", "augmented labels", "labels over image",
+            "augmented weights"]
+    fig = _figure(2.3 * len(cols), 2.3 * len(rows) + 0.6)
+    axes = fig.subplots(len(rows), len(cols), squeeze=False)
+    for r, row in enumerate(rows):
+        img, cls = to_uint8(row["image"]), row["classes"]
+        ign = cls == IGNORE_INDEX
+        lab = np.where(ign, 128, np.where(cls > 0, 255, 0)).astype(np.uint8)
+        over = np.stack([img if img.ndim == 2 else img.mean(-1).astype(np.uint8)] * 3, -1)
+        over[find_boundaries(cls == 1, mode="inner")] = (255, 40, 40)
+        over[ign] = (over[ign] * 0.5 + np.array([0, 0, 128])).astype(np.uint8)
+        panels = [(to_uint8(row["original"]), "gray"), (img, "gray"), (lab, "gray"),
+                  (over, None), (row["weights"], "jet")]
+        for c, (a, cmap) in enumerate(panels):
+            kw = {"vmin": 0, "vmax": 255} if cmap == "gray" else {}
+            _imshow(axes[r, c], a, cols[c] if r == 0 else None, cmap=cmap, **kw)
+        axes[r, 0].set_ylabel(row["title"], fontsize=7)
+    fig.suptitle("unetlab augment: image, labels (nearest) and weights (linear) get one "
+                 "transform", fontsize=9)
+    return _png(fig)
+
+
 def png_augmented(samples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
                   columns: int = 4, max_samples: int = 8) -> bytes:
     """A grid of augmented samples (Sec. 3.1): per sample the deformed image with the deformed
