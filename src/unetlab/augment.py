@@ -343,6 +343,15 @@ def _check_options(n, size, tile, sigma, grid, rotation) -> None:
 
 
 def _load_samples(data, labels, n: int, size: int, seed: int, tile: int | None) -> list:
+    samples = _read_samples(data, labels, n, size, seed)
+    side = max(max(s.shape) for s in samples)
+    if tile is not None and tile > max(4 * side, 64):
+        raise UnetlabError(f"--tile: {tile} pixels is far larger than the images "
+                           f"(largest side {side}); use at most {max(4 * side, 64)}")
+    return samples
+
+
+def _read_samples(data, labels, n: int, size: int, seed: int) -> list:
     if str(data) == "synthetic":
         from .synthetic import touching_cells
 
@@ -354,10 +363,6 @@ def _load_samples(data, labels, n: int, size: int, seed: int, tile: int | None) 
     samples = read_dataset(data, labels=labels)
     if not samples:
         raise UnetlabError(f"{data}: no training samples found")
-    side = max(max(s.shape) for s in samples)
-    if tile is not None and tile > max(4 * side, 64):
-        raise UnetlabError(f"--tile: {tile} pixels is far larger than the images "
-                           f"(largest side {side}); use at most {max(4 * side, 64)}")
     return samples
 
 
