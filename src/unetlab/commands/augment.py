@@ -30,7 +30,7 @@ Existing files in --out are kept unless --overwrite is given.
 
 examples:
   unetlab augment synthetic --out aug/
-  unetlab augment ../shared/data/isbi2012 --out aug/ --n 12 --seed 3 --tile 256
+  unetlab augment isbi2012 --out aug/ --n 12 --seed 3 --tile 256
   unetlab augment image.tif --labels labels.tif --out aug/ --sigma 20 --no-grey
 """
 

@@ -37,8 +37,8 @@ Ground-truth images without a prediction are left out and named in one line. Exi
 in --out are kept unless --overwrite is given.
 
 examples:
-  unetlab evaluate preds/prob.tif ../shared/data/isbi2012/train-labels.tif --out eval/
-  unetlab evaluate preds/ ../shared/data/isbi2012/train/label --out eval/
+  unetlab evaluate preds/prob.tif isbi2012/train-labels.tif --out eval/
+  unetlab evaluate preds/ isbi2012/train/label --out eval/
   unetlab evaluate preds/ ctc/01_GT/SEG --metrics cells
   unetlab evaluate masks/ gt_masks/ --metrics instances --out eval/
 """

@@ -21,7 +21,7 @@ black), whose 4-connected white regions become the cells. For a multi-page TIFF 
 picks the slice. Existing output files are kept unless --overwrite is given.
 
 examples:
-  unetlab weights ../shared/data/dsb2018_nuclei/mask2d.tif --out w.png
+  unetlab weights dsb2018_nuclei/mask2d.tif --out w.png
   unetlab weights train-labels.tif --page 3 --out w3.png --tiff w3.tif
   unetlab weights labels.png --out w.png --w0 5 --sigma 3 --no-balance
 """

@@ -2,7 +2,7 @@
 
 :class:`TileSampler` draws random training tiles: the network input (T×T) with mirror-padded
 context where the image ends, and the matching centre crop (O×O) of class labels and weights, in
-which pixels outside the image are ignored (class 255, weight 0) — labels are never mirrored.
+which pixels outside the image are ignored (class IGNORE_INDEX, weight 0) — labels are never mirrored.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class TileSampler:
     targets_fn: ``targets_fn(instances (H, W) int32) -> (classes (H, W) uint8 with 255 = ignore,
                 weights (H, W) float32)``, e.g. ``functools.partial(weights.training_targets,
                 w0=10, sigma=5)``. Computed once per sample (lazily, cached). Pixels whose instance
-                id is -1 are forced to class 255, weight 0 afterwards.
+                id is -1 are forced to class IGNORE_INDEX, weight 0 afterwards.
     augment:    optional ``augment(image (C,T,T), classes (T,T), weights (T,T), rng) -> same``
                 applied to the FULL input-sized tile before the centre crop.
     weighting:  "area" (default): a sample is picked with probability proportional to its
@@ -53,7 +53,7 @@ class TileSampler:
     the input tile adds ``(T - O) / 2`` pixels of context on each side, taken from the image where
     it exists and mirrored (``numpy.pad(mode="reflect")``, repeated) where it does not — the
     paper's overlap-tile strategy (Sec. 2, Fig. 2). Targets outside the image are ignored (class
-    255, weight 0); labels are never mirrored. Deterministic given ``rng``; picklable if
+    IGNORE_INDEX, weight 0); labels are never mirrored. Deterministic given ``rng``; picklable if
     ``targets_fn`` and ``augment`` are.
     """
 

@@ -273,7 +273,7 @@ def png_augmented(samples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
         img, cls, w = samples[k]
         cls = np.asarray(cls)
         rgb = np.repeat(_stretch(img)[..., None], 3, axis=2)
-        ignored = cls == 255
+        ignored = cls == IGNORE_INDEX
         rgb[ignored] = 0.5 * rgb[ignored] + 0.25
         edge = _boundaries((cls == 1).astype(np.int32))
         rgb[edge] = (1.0, 0.85, 0.1)
