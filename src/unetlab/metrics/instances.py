@@ -52,22 +52,68 @@ def _check_instances(gt, pred, what: str) -> tuple[np.ndarray, np.ndarray]:
     return _as_stack(gt.astype(np.int64)), _as_stack(pred.astype(np.int64))
 
 
-def _overlaps(g: np.ndarray, p: np.ndarray):
-    """Sequential relabelling and the overlap table of one 2-D slice.
+def _pairs(g: np.ndarray, p: np.ndarray):
+    """The sparse overlap table of two label images of one shape: sorted ids ``gu``, ``pu``
+    (background 0 included where present), the id index of every pixel ``gi``, ``pi`` (flat) and
+    the overlapping index pairs ``(rows, cols, counts)`` — memory proportional to the pixels and
+    the overlapping pairs, never to (objects × objects)."""
+    gu, gi = np.unique(g.ravel(), return_inverse=True)
+    pu, pi = np.unique(p.ravel(), return_inverse=True)
+    gi, pi = gi.ravel(), pi.ravel()
+    keys, counts = np.unique(gi.astype(np.int64) * pu.size + pi, return_counts=True)
+    return gu, gi, pu, pi, keys // pu.size, keys % pu.size, counts
 
-    Returns (inter (nG, nP) int64, size_g (nG,), size_p (nP,)) without background.
+
+def _overlaps(g: np.ndarray, p: np.ndarray):
+    """Sequential relabelling and the sparse overlap table of one 2-D slice, background left out.
+
+    Returns (rows, cols, inter) of the overlapping object pairs (indices into the sorted non-zero
+    ids) and the object sizes size_g (nG,), size_p (nP,) in pixels.
     """
-    gu, gi = np.unique(g, return_inverse=True)
-    pu, pi = np.unique(p, return_inverse=True)
-    gi = gi.reshape(-1)
-    pi = pi.reshape(-1)
-    table = np.zeros((gu.size, pu.size), dtype=np.int64)
-    np.add.at(table, (gi, pi), 1)
-    gsel = gu != 0
-    psel = pu != 0
-    size_g = table.sum(axis=1)[gsel]
-    size_p = table.sum(axis=0)[psel]
-    return table[np.ix_(gsel, psel)], size_g, size_p
+    gu, gi, pu, pi, rows, cols, inter = _pairs(g, p)
+    g0 = int(gu.size > 0 and gu[0] == 0)            # labels are ≥ 0: 0 sorts first
+    p0 = int(pu.size > 0 and pu[0] == 0)
+    size_g = np.bincount(gi, minlength=gu.size)[g0:]
+    size_p = np.bincount(pi, minlength=pu.size)[p0:]
+    keep = (rows >= g0) & (cols >= p0)
+    return rows[keep] - g0, cols[keep] - p0, inter[keep], size_g, size_p
+
+
+def _assign(rows: np.ndarray, cols: np.ndarray, ious: np.ndarray) -> tuple[int, float]:
+    """Largest one-to-one matching among the candidate pairs, ties broken by the larger total
+    IoU: (number of pairs, their summed IoU). Solved per connected group of candidates; a pair
+    that shares its objects with no other candidate (every pair when the threshold is > 0.5)
+    is matched directly."""
+    if rows.size == 0:
+        return 0, 0.0
+    _, ri = np.unique(rows, return_inverse=True)
+    _, ci = np.unique(cols, return_inverse=True)
+    if ri.max() + 1 == rows.size and ci.max() + 1 == cols.size:
+        return int(rows.size), float(ious.sum())
+    from scipy.optimize import linear_sum_assignment
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    nr = int(ri.max()) + 1
+    n = nr + int(ci.max()) + 1
+    graph = coo_matrix((np.ones(rows.size), (ri, nr + ci)), shape=(n, n))
+    comp = connected_components(graph, directed=False)[1][ri]
+    sizes = np.bincount(comp)
+    single = sizes[comp] == 1
+    tp, total = int(np.count_nonzero(single)), float(ious[single].sum())
+    for k in np.flatnonzero(sizes > 1):
+        e = np.flatnonzero(comp == k)
+        ur, r = np.unique(ri[e], return_inverse=True)
+        uc, c = np.unique(ci[e], return_inverse=True)
+        iou = np.zeros((ur.size, uc.size))
+        iou[r, c] = ious[e]
+        cost = np.zeros(iou.shape)
+        cost[r, c] = -1.0 - ious[e] / (2 * min(iou.shape))   # count first, then total IoU
+        a, b = linear_sum_assignment(cost)
+        hit = cost[a, b] < 0
+        tp += int(np.count_nonzero(hit))
+        total += float(iou[a, b][hit].sum())
+    return tp, total
 
 
 def seg(gt_instances, pred_instances) -> float:
@@ -81,15 +127,11 @@ def seg(gt_instances, pred_instances) -> float:
     gt, pred = _check_instances(gt_instances, pred_instances, "seg")
     total, count = 0.0, 0
     for s in range(gt.shape[0]):
-        inter, size_g, size_p = _overlaps(gt[s], pred[s])
+        rows, cols, inter, size_g, size_p = _overlaps(gt[s], pred[s])
         count += size_g.size
-        if size_g.size == 0 or size_p.size == 0:
-            continue
-        j = np.argmax(inter, axis=1)
-        best = inter[np.arange(size_g.size), j]
-        ok = 2 * best > size_g
-        union = size_g + size_p[j] - best
-        total += float(np.sum(np.where(ok, best / union, 0.0)))
+        ok = 2 * inter > size_g[rows]           # at most one such S per R
+        union = size_g[rows[ok]] + size_p[cols[ok]] - inter[ok]
+        total += float(np.sum(inter[ok] / union))
     if count == 0:
         raise UnetlabError("seg: the ground truth has no object (all background)")
     return total / count
@@ -109,8 +151,6 @@ def matching(gt_instances, pred_instances,
     accuracy = TP/(TP+FP+FN)`` (the DSB "AP"), ``panoptic_quality = ΣIoU/(TP + FP/2 + FN/2)``,
     ``mean_matched_iou = ΣIoU/TP``, ``n_true, n_pred``. A ratio with a zero denominator is 0.
     """
-    from scipy.optimize import linear_sum_assignment
-
     gt, pred = _check_instances(gt_instances, pred_instances, "matching")
     ths = [float(t) for t in thresholds]
     for t in ths:
@@ -118,26 +158,20 @@ def matching(gt_instances, pred_instances,
             raise UnetlabError(f"matching: IoU thresholds must lie in [0, 1], got {t}")
     acc = {t: [0, 0, 0, 0.0] for t in ths}  # tp, n_true, n_pred, sum IoU
     for s in range(gt.shape[0]):
-        inter, size_g, size_p = _overlaps(gt[s], pred[s])
-        ng, np_ = size_g.size, size_p.size
-        if ng and np_:
-            union = size_g[:, None] + size_p[None, :] - inter
-            ious = inter / np.maximum(union, 1)
-        else:
-            ious = np.zeros((ng, np_))
+        rows, cols, inter, size_g, size_p = _overlaps(gt[s], pred[s])
+        ious = inter / (size_g[rows] + size_p[cols] - inter)
         for t in ths:
+            cand = ious >= t
+            if t == 0.0:        # IoU 0 "matches" too: any pairing of the objects
+                tp = min(size_g.size, size_p.size)
+                s_iou = _assign(rows, cols, ious)[1]
+            else:
+                tp, s_iou = _assign(rows[cand], cols[cand], ious[cand])
             a = acc[t]
-            a[1] += ng
-            a[2] += np_
-            if ng == 0 or np_ == 0:
-                continue
-            n_min = min(ng, np_)
-            cost = -(ious >= t).astype(np.float64) - ious / (2 * n_min)
-            r, c = linear_sum_assignment(cost)
-            m = ious[r, c]
-            ok = m >= t
-            a[0] += int(np.count_nonzero(ok))
-            a[3] += float(np.sum(m[ok]))
+            a[0] += tp
+            a[1] += size_g.size
+            a[2] += size_p.size
+            a[3] += s_iou
 
     def div(x, y):
         return x / y if y else 0.0
@@ -187,28 +221,27 @@ def split_merge_map(gt: np.ndarray, pred: np.ndarray, fraction: float = 0.5
     pred = np.asarray(pred)
     if gt.shape != pred.shape:
         raise UnetlabError(f"ground truth {gt.shape} and prediction {pred.shape} differ in shape")
-    g_ids, g_inv = np.unique(np.where(gt > 0, gt, 0), return_inverse=True)
-    p_ids, p_inv = np.unique(np.where(pred > 0, pred, 0), return_inverse=True)
-    g_inv = g_inv.reshape(gt.shape)
-    p_inv = p_inv.reshape(pred.shape)
+    g_ids, g_inv, p_ids, p_inv, rows, cols, C = _pairs(np.where(gt > 0, gt, 0),
+                                                      np.where(pred > 0, pred, 0))
     # make index 0 background on both sides even when the image has none
-    if g_ids[0] != 0:
-        g_ids, g_inv = np.concatenate([[0], g_ids]), g_inv + 1
-    if p_ids[0] != 0:
-        p_ids, p_inv = np.concatenate([[0], p_ids]), p_inv + 1
+    if g_ids.size == 0 or g_ids[0] != 0:
+        g_ids, g_inv, rows = np.concatenate([[0], g_ids]), g_inv + 1, rows + 1
+    if p_ids.size == 0 or p_ids[0] != 0:
+        p_ids, p_inv, cols = np.concatenate([[0], p_ids]), p_inv + 1, cols + 1
+    g_inv, p_inv = g_inv.reshape(gt.shape), p_inv.reshape(pred.shape)
     ng, npred = len(g_ids), len(p_ids)
-    C = np.bincount((g_inv.astype(np.int64) * npred + p_inv).ravel(),
-                    minlength=ng * npred).reshape(ng, npred)
-    g_area = C.sum(1)
-    p_area = C.sum(0)
-    big_in_p = C[1:, 1:] > fraction * g_area[1:, None]   # g mostly inside p
-    p_in_g = C[1:, 1:] > fraction * p_area[None, 1:]     # p mostly inside g
-    merges = np.flatnonzero(big_in_p.sum(0) >= 2) + 1    # predicted indices
-    merged_g = np.flatnonzero(big_in_p[:, merges - 1].any(1)) + 1 if merges.size else \
-        np.zeros(0, np.int64)
-    splits = np.flatnonzero(p_in_g.sum(1) >= 2) + 1      # true indices
-    missed = np.flatnonzero(C[1:, 0] > fraction * g_area[1:]) + 1
-    false_pos = np.flatnonzero(C[0, 1:] > fraction * p_area[1:]) + 1
+    g_area = np.bincount(rows, C, minlength=ng)
+    p_area = np.bincount(cols, C, minlength=npred)
+    obj = (rows > 0) & (cols > 0)
+    big_in_p = obj & (C > fraction * g_area[rows])        # g mostly inside p
+    p_in_g = obj & (C > fraction * p_area[cols])          # p mostly inside g
+    merges = np.flatnonzero(np.bincount(cols[big_in_p], minlength=npred) >= 2)
+    is_merge = np.zeros(npred, bool)
+    is_merge[merges] = True
+    merged_g = np.unique(rows[big_in_p & is_merge[cols]])
+    splits = np.flatnonzero(np.bincount(rows[p_in_g], minlength=ng) >= 2)
+    missed = rows[(cols == 0) & (rows > 0) & (C > fraction * g_area[rows])]
+    false_pos = cols[(rows == 0) & (cols > 0) & (C > fraction * p_area[cols])]
 
     g_cat = np.zeros(ng, np.uint8)
     g_cat[1:] = CATEGORY_MATCHED
