@@ -244,3 +244,23 @@ def test_out_never_overwrites_an_input_and_needs_overwrite(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "is the input" in err and "metrics.json" in err
     assert (g / "metrics.json").read_text() == "{}" and gt_file.read_bytes() == data
+
+
+@pytest.mark.parametrize("case, words", [
+    ("jpeg", "JPEG is lossy"),
+    ("ilastik", "no background"),
+])
+def test_evaluate_reads_labels_by_the_train_rule(tmp_path, capsys, case, words):
+    p, g = tmp_path / "p", tmp_path / "g"
+    p.mkdir()
+    g.mkdir()
+    lab = np.zeros((16, 16), np.uint8)
+    lab[2:7, 2:7], lab[9:14, 9:14] = 1, 2
+    iio.imwrite(p / "x.png", lab)
+    if case == "jpeg":
+        iio.imwrite(g / "x.jpg", lab * 100)
+    else:
+        iio.imwrite(g / "x.png", lab + 1)
+    assert main(["evaluate", str(p), str(g), "--metrics", "cells"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and "x." in err and "\n" not in err

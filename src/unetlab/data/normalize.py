@@ -26,6 +26,7 @@ __all__ = [
 
 _PERCENTILES = (1.0, 99.8)
 _SUBSAMPLE_LIMIT = 2**22
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 def to_channels_first(img: np.ndarray, channels: int | None = None,
@@ -126,7 +127,8 @@ def normalize_image(img: np.ndarray, channels: int | None = None,
     :func:`to_channels_first`). Each channel becomes ``(x - lo) / (hi - lo)`` with (lo, hi) from
     :func:`normalization_stats` (1st / 99.8th percentile), not clipped; a constant channel becomes
     all zeros. Pass ``stats`` (from :func:`normalization_stats` on the whole image) to normalise
-    a tile exactly like the whole image.
+    a tile exactly like the whole image. The arithmetic is float64 and the result is clipped to the
+    float32 range, so any finite input gives a finite output. An (H, W) image returns (1, H, W).
     """
     a = to_channels_first(img, channels)
     if stats is None:
@@ -138,9 +140,10 @@ def normalize_image(img: np.ndarray, channels: int | None = None,
     for c in range(a.shape[0]):
         lo, hi = stats[c]
         if hi > lo:
-            scale = 1.0 / (hi - lo)
-            np.subtract(a[c], lo, out=out[c], casting="unsafe")
-            out[c] *= np.float32(scale)
+            # in float64, one channel at a time: finite extremes (±3e38) stay finite
+            v = (np.asarray(a[c], dtype=np.float64) - lo) * (1.0 / (hi - lo))
+            np.clip(v, -_F32_MAX, _F32_MAX, out=v)   # far outliers saturate instead of inf
+            out[c] = v
         else:
             out[c] = 0.0
     return out

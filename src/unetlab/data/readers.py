@@ -87,20 +87,53 @@ def _pil_unlimited():
             Image.MAX_IMAGE_PIXELS = old
 
 
+def _one_series(tf, path: Path):
+    """The image series of a TIFF; files holding several (different images, pyramids stored as
+    separate series) are refused rather than silently reading the first."""
+    if not tf.series:
+        raise UnetlabError(f"{path}: TIFF file contains no images")
+    if len(tf.series) > 1:
+        shapes = ", ".join(str(tuple(x.shape)) for x in tf.series[:4])
+        raise UnetlabError(f"{path}: TIFF holds {len(tf.series)} separate images ({shapes}"
+                           f"{', ...' if len(tf.series) > 4 else ''}); save one image or stack "
+                           "per file")
+    return tf.series[0]
+
+
 def _read_tiff(path: Path, limit: int) -> np.ndarray:
+    """The pixels as the file lays them out, colour samples last: (H, W), (H, W, C) for RGB(A)
+    (also when stored planar), (C, H, W) for channel axes, (S, H, W) for pages."""
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tf:
-            if not tf.series:
-                raise UnetlabError(f"{path}: TIFF file contains no images")
-            series = tf.series[0]
+            series = _one_series(tf, path)
             _check_size(path, series.shape, limit)
-            return np.asarray(series.asarray())
+            arr, axes = np.asarray(series.asarray()), series.axes
     except UnetlabError:
         raise
     except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file
         raise UnetlabError(f"{path}: cannot read TIFF ({_first_line(e)})") from e
+    if "S" in axes and len(axes) == arr.ndim == 3 and axes.index("S") == 0:
+        arr = np.moveaxis(arr, 0, -1)           # planar RGB: samples first in the file
+    return arr
+
+
+def _tiff_axes(path: Path) -> str:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            return _one_series(tf, path).axes
+    except UnetlabError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise UnetlabError(f"{path}: cannot read TIFF ({_first_line(e)})") from e
+
+
+def _refuse_colour_stack(path: Path, axes: str) -> None:
+    if "S" in axes:
+        raise UnetlabError(f"{path}: is a colour image (TIFF axes {axes}), not a stack of pages")
 
 
 def _read_pil(path: Path, limit: int, palette_indices: bool) -> np.ndarray | None:
@@ -190,6 +223,7 @@ def read_stack(path: str | os.PathLike, lazy: bool = True, max_pixels: int | Non
     _check_file(path)
     if path.suffix.lower() not in _TIFF_SUFFIXES:
         raise UnetlabError(f"{path}: a stack must be a multi-page TIFF (.tif/.tiff)")
+    _refuse_colour_stack(path, _tiff_axes(path))
     if not lazy:
         arr = read_image(path, max_pixels=max_pixels)
         if arr.ndim == 2:
@@ -201,10 +235,8 @@ def read_stack(path: str | os.PathLike, lazy: bool = True, max_pixels: int | Non
 
     try:
         with tifffile.TiffFile(path) as tf:
-            if not tf.series:
-                raise UnetlabError(f"{path}: TIFF file contains no images")
-            shape = tuple(tf.series[0].shape)
-            dtype = np.dtype(tf.series[0].dtype)
+            series = _one_series(tf, path)
+            shape, dtype = tuple(series.shape), np.dtype(series.dtype)
     except UnetlabError:
         raise
     except Exception as e:  # noqa: BLE001
