@@ -17,6 +17,7 @@ from .curves import _validation_columns, png_curves
 from .page import _CSS, _Page, _caption, _fmt, _metrics_html, _note, _picture, _seconds, _table
 from .pictures import (_compute_weight_map, png_augmented, png_errors, png_prediction,
                        png_samples, png_weight_map)
+from .summary import explain, headline_numbers
 from .rundata import (ReportData, _read_config, _readable, _samples_from_config, load_report_data,
                       read_log)
 
@@ -58,6 +59,7 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         raise UnetlabError(f"{out}: is a folder, expected the report's file name")
     if not out.parent.is_dir():
         raise UnetlabError(f"{out}: the folder {out.parent} does not exist")
+    _check_not_a_run_file(out)
     run = _open_run(run_dir, out, data, embed)
     for anchor, heading in SECTIONS:
         if anchor == "timing":  # includes the report's own time, so it is measured last
@@ -71,6 +73,21 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     return out
 
 
+def _check_not_a_run_file(out: Path) -> None:
+    """The report may replace an earlier report, never another file (log.csv, config.toml …)."""
+    if not out.exists():
+        return
+    try:
+        with open(out, "rb") as f:
+            head = f.read(4096)
+    except OSError as e:
+        raise UnetlabError(f"{out}: cannot read it to check it is a report ({e.strerror or e})") \
+            from None
+    if not (head.startswith(b"<!DOCTYPE html>") and b"unetlab report" in head):
+        raise UnetlabError(f"{out}: exists and is not a unetlab report (a file of the run?); "
+                           "choose another --out")
+
+
 @dataclass
 class _Run:
     """What every section reads: the run folder, its config, data, log and the page."""
@@ -82,6 +99,7 @@ class _Run:
     timing: dict[str, Any]
     log: dict[str, np.ndarray] | None
     log_note: str | None
+    notes: list[str]
 
 
 def _open_run(run_dir: Path, out: Path, data: ReportData | None, embed: bool) -> _Run:
@@ -105,16 +123,20 @@ def _open_run(run_dir: Path, out: Path, data: ReportData | None, embed: bool) ->
     else:
         log_note = "No log.csv in the run folder: no training curves."
     return _Run(run_dir, config, data, _Page(embed, files_dir, files_dir.name),
-                dict(data.timing), log, log_note)
+                dict(data.timing), log, log_note, [])
 
 
 def _summary(run: _Run) -> list[str]:
     data, body = run.data, []
-    if data.headline:
+    headline = headline_numbers(run.run_dir, data.headline, run.log)
+    if headline:
         body.append('<div class="cards">' + "".join(
             f'<div class="card"><div class="v">{_fmt(v)}</div><div class="k">{html.escape(str(k))}'
-            f"</div></div>" for k, v in data.headline.items()) + "</div>")
-    for n in data.notes:
+            f"</div></div>" for k, v in headline.items()) + "</div>")
+        meanings = [explain(k) for k in headline]
+        body.append("<ul class=\"caption\">" + "".join(
+            f"<li>{html.escape(m)}</li>" for m in dict.fromkeys(meanings) if m) + "</ul>")
+    for n in data.notes + run.notes:
         body.append(_note(n))
     if not body:
         body.append("<p>No headline numbers were saved for this run.</p>")

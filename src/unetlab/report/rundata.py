@@ -137,14 +137,19 @@ def _indexed(z, prefix: str) -> list[np.ndarray]:
     return [z[k] for k in keys]
 
 
-def _read_json(path: Path, notes: list[str]) -> Any:
+def _read_json(path: Path, notes: list[str]) -> dict | None:
+    """A JSON object from ``path``; a damaged file or one that is not an object becomes a note."""
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        notes.append(f"{path.name}: unreadable ({e})")
+        notes.append(f"{path.name}: unreadable ({' '.join(str(e).split())[:150]})")
         return None
+    if not isinstance(data, dict):
+        notes.append(f"{path.name}: expected a JSON object, found {type(data).__name__}; ignored")
+        return None
+    return data
 
 
 def _read_npz(path: Path, notes: list[str]):
@@ -152,8 +157,10 @@ def _read_npz(path: Path, notes: list[str]):
         return None
     try:
         z = np.load(path, allow_pickle=False)
+        if not hasattr(z, "files"):
+            raise ValueError("not an .npz archive")
         return {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as e:
+    except Exception as e:  # noqa: BLE001 - any damage becomes a note, never a crash
         notes.append(f"{path.name}: unreadable ({' '.join(str(e).split())[:150]})")
         return None
 
@@ -185,15 +192,21 @@ def load_report_data(run_dir: str | os.PathLike) -> ReportData:
     p = _read_npz(folder / "prediction.npz", notes)
     if p:
         data.pred_image = p.get("image")
-        data.pred_prob = p["prob"].astype(np.float32) if "prob" in p else None
+        try:
+            data.pred_prob = p["prob"].astype(np.float32) if "prob" in p else None
+        except (TypeError, ValueError):
+            notes.append("prediction.npz: 'prob' is not a numeric array; ignored")
         data.pred_instances = p.get("instances")
         data.gt_instances = p.get("gt")
     data.metrics = _read_json(folder / "metrics.json", notes) or {}
-    data.timing = _read_json(folder / "timing.json", notes) or {}
+    timing = _read_json(folder / "timing.json", notes) or {}
+    data.timing = {str(k): v for k, v in timing.items() if isinstance(v, (int, float))}
     s = _read_json(folder / "summary.json", notes) or {}
-    data.title = s.get("title", data.title)
-    data.headline = s.get("headline", {}) or {}
-    data.notes = list(s.get("notes", []) or []) + notes
+    data.title = str(s.get("title", data.title))
+    headline = s.get("headline", {})
+    data.headline = headline if isinstance(headline, dict) else {}
+    extra = s.get("notes", [])
+    data.notes = ([str(n) for n in extra] if isinstance(extra, list) else []) + notes
     return data
 
 
@@ -234,6 +247,17 @@ def _read_config(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
+def _data_path(config: dict[str, Any], value: str) -> Path:
+    """A data path named in config.toml, independent of the directory the report is made in:
+    absolute paths as they are; a relative one against the working directory the run recorded
+    (``cwd``), else as given."""
+    p = Path(str(value)).expanduser()
+    cwd = config.get("cwd")
+    if not p.is_absolute() and isinstance(cwd, str) and cwd:
+        return Path(cwd) / p
+    return p
+
+
 def _samples_from_config(config: dict[str, Any], n: int = 4, n_aug: int = 8
                          ) -> tuple[list, list, list, str | None]:
     """Training images, instances and augmented samples of a run made by ``unetlab train``,
@@ -254,7 +278,9 @@ def _samples_from_config(config: dict[str, Any], n: int = 4, n_aug: int = 8
         else:
             from ..data import read_dataset
 
-            samples = read_dataset(data, labels=config.get("labels") or None)[:n]
+            labels = config.get("labels") or None
+            samples = read_dataset(_data_path(config, data),
+                                   labels=_data_path(config, labels) if labels else None)[:n]
             images = [np.asarray(sm.image)[0] for sm in samples]
             instances = [np.asarray(sm.instances) for sm in samples]
         aug = []
