@@ -635,3 +635,11 @@ def test_class_images_without_background_and_intensity_images_are_refused(tmp_pa
     _png(root / "label" / "a.png", ilastik)
     with pytest.raises(UnetlabError, match=r"a\.png: label has no background"):
         read_dataset(root)
+
+
+def test_label_rule_and_normalisation_are_top_level_exports():
+    import unetlab
+
+    assert unetlab.label_to_instances is label_to_instances
+    assert unetlab.normalize_image is normalize_image
+    assert normalize_image(np.arange(12.0).reshape(3, 4)).shape == (1, 3, 4)
