@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._options import add_overwrite
+
 HELP = "write pictures of randomly augmented training samples (elastic, rotation, grey values)"
 
 DESCRIPTION = """\
@@ -56,8 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "turns (default 45)")
     p.add_argument("--no-grey", dest="grey", action="store_false",
                    help="no grey-value changes")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace existing files in --out (an input is never overwritten)")
+    add_overwrite(p)
 
 
 def run(args: argparse.Namespace) -> int:

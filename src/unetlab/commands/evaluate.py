@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._options import add_overwrite
+
 HELP = "score predictions against ground truth (ISBI 2012 pixel/Rand/warping error, SEG, AP)"
 
 DESCRIPTION = """\
@@ -62,8 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "leaderboard scores; higher is better)")
     p.add_argument("--no-pictures", dest="pictures", action="store_false",
                    help="isbi: do not write the per-slice error pictures")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace existing files in --out (an input is never overwritten)")
+    add_overwrite(p)
 
 
 def _fmt(v) -> str:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._options import add_overwrite
+
 HELP = "show the weight map (Eq. 2) of a label image as a colour picture"
 
 DESCRIPTION = """\
@@ -42,8 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tiff", metavar="PATH", default=None,
                    help="also write the float32 weights as a TIFF")
     p.add_argument("--cmap", default="jet", help="matplotlib colour map (default jet)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace existing output files (the label file is never overwritten)")
+    add_overwrite(p)
 
 
 def run(args) -> int:
