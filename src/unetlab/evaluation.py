@@ -1,4 +1,4 @@
-"""Scoring predictions read from files against ground truth: the library behind ``unetlab evaluate``.
+"""Scoring predictions read from files against ground truth (the library of ``unetlab evaluate``).
 
 :func:`evaluate` is the one call: it reads PRED and GT (two files, 2D images or multi-page TIFF
 stacks with one slice per page, or two folders paired by file stem), scores them with one metric
@@ -44,7 +44,7 @@ _OVERLAY = re.compile(r"_overlay(_z\d+)?$", re.IGNORECASE)
 
 
 class Pair(NamedTuple):
-    """One scored slice: its name, the raw PRED and GT arrays (H, W) and the files they came from."""
+    """One scored slice: its name, the raw PRED and GT arrays (H, W) and their files."""
 
     name: str
     pred: np.ndarray
@@ -98,7 +98,7 @@ def evaluate(pred: str | os.PathLike, gt: str | os.PathLike, metrics: str = "isb
 # reading and pairing
 # ----------------------------------------------------------------------------------------------
 def _key(path: Path) -> str:
-    """The pairing name of a file: lower-case stem without a known suffix (``_prob``, ``_gt`` …)."""
+    """The pairing name of a file: lower-case stem without a known suffix (``_prob`` …)."""
     name = path.name
     for suf in (".ome.tiff", ".ome.tif"):
         if name.lower().endswith(suf):

@@ -308,7 +308,8 @@ def weight_map(labels, w0: float = 10.0, sigma: float = 5.0, balance: bool = Tru
 
     ``labels``: a label image as ``unetlab train`` reads one (:func:`as_instances`): instance
     ids (0 = background), or a binary mask such as 0/255 whose 4-connected regions become the
-    cells; < 0 (and ``ignore_label``) = ignored. ``w0`` is unitless, ``sigma`` in pixels. Touching instances are first split by one-pixel borders (:func:`separate_instances`); w_c
+    cells; < 0 (and ``ignore_label``) = ignored. ``w0`` is unitless, ``sigma`` in pixels.
+    Touching instances are first split by one-pixel borders (:func:`separate_instances`); w_c
     balances the resulting cell/background classes (:func:`class_balance_map`; all 1 when
     ``balance`` is False); the border term (:func:`border_weight_map`) is evaluated on the
     separated instances, so it peaks on the separation lines. Ignored pixels get 0.

@@ -26,7 +26,7 @@ __all__ = ["write_png", "write_tiff", "check_outputs"]
 
 
 def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write ``array`` as a PNG: (H, W), (H, W, 3) or (H, W, 4); uint8 or uint16 (bool → 0/255)."""
+    """Write ``array`` as a PNG: (H, W), (H, W, 3) or (H, W, 4); uint8, uint16 (bool → 0/255)."""
     a = np.asarray(array)
     if a.dtype == bool:
         a = a.astype(np.uint8) * np.uint8(255)

@@ -3,7 +3,8 @@
 This is the edge of the library where files are read; everything else works on
 :class:`Sample` objects. One concept per module:
 
-* :mod:`.readers` — :func:`read_image`, :func:`read_stack` (one file, size checked before decoding);
+* :mod:`.readers` — :func:`read_image`, :func:`read_stack` (one file, size checked before
+  decoding);
 * :mod:`.datasets` — :func:`list_images`, :func:`read_pair`, :func:`read_dataset` (folder layouts
   of the paper's data sets, Sec. 3, and the Cell Tracking Challenge);
 * :mod:`.labels` — :func:`label_to_instances`, the one rule that turns a label image into

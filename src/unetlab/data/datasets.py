@@ -1,4 +1,7 @@
-"""Training data sets on disk: file lists, image/label pairs and the layouts of the paper's data (Sec. 3).
+"""Training data sets on disk: file lists, image/label pairs and the layouts of the paper's
+data (Sec. 3).
+
+:func:`read_dataset` autodetects the layouts:
 
   (a) a folder with ``image/`` (``images/``, ``img/``) and ``label/`` (``labels/``, ``mask/``,
       ``masks/``, ``gt/``) sub-folders; pairs are matched by file stem (a label stem may carry a

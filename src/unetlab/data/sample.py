@@ -1,4 +1,5 @@
-"""One training image with its instance labels (:class:`Sample`), the unit every later step works on.
+"""One training image with its instance labels (:class:`Sample`), the unit every later step
+(weights, tile sampler, training) works on.
 """
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 :class:`TileSampler` draws random training tiles: the network input (T×T) with mirror-padded
 context where the image ends, and the matching centre crop (O×O) of class labels and weights, in
-which pixels outside the image are ignored (class IGNORE_INDEX, weight 0) — labels are never mirrored.
+which pixels outside the image are ignored (class IGNORE_INDEX, weight 0) — labels are never
+mirrored.
 """
 from __future__ import annotations
 

@@ -32,8 +32,8 @@ __all__ = [
 
 #: largest side (pixels) of a whole image shown on the page; larger images are downsampled
 DISPLAY_MAX = 1024
-_CATEGORY_NAMES = {CATEGORY_MATCHED: "matched", CATEGORY_MERGE: "merge", CATEGORY_SPLIT: "split", CATEGORY_MISSED: "missed",
-                   CATEGORY_FALSE_POSITIVE: "false positive"}
+_CATEGORY_NAMES = {CATEGORY_MATCHED: "matched", CATEGORY_MERGE: "merge", CATEGORY_SPLIT: "split",
+                   CATEGORY_MISSED: "missed", CATEGORY_FALSE_POSITIVE: "false positive"}
 _CATEGORY_COLOURS = {CATEGORY_MATCHED: (0.20, 0.75, 0.30), CATEGORY_MERGE: (0.95, 0.15, 0.15),
                      CATEGORY_SPLIT: (0.20, 0.45, 1.00), CATEGORY_MISSED: (1.00, 0.85, 0.10),
                      CATEGORY_FALSE_POSITIVE: (0.90, 0.20, 0.90)}

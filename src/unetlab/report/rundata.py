@@ -1,4 +1,5 @@
-"""What a report shows besides the page: :class:`ReportData`, its files in ``RUN/report_data/``, ``log.csv`` and the training data named in ``config.toml``.
+"""What a report shows besides the page: :class:`ReportData`, its files in
+``RUN/report_data/``, ``log.csv`` and the training data named in ``config.toml``.
 
 Run folder, as read here (everything optional)::
 
