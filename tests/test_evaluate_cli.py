@@ -144,9 +144,7 @@ def test_cells_and_instances(tmp_path, capsys):
     ("missing", "no such file"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, case, words):
-    p, g = tmp_path / "p", tmp_path / "g"
-    p.mkdir()
-    g.mkdir()
+    p, g = _pred_gt_dirs(tmp_path)
     gt = np.full((8, 9), 255, np.uint8)
     gt[:, 4] = 0
     prob = np.full((8, 9), 0.7, np.float32)
@@ -196,6 +194,14 @@ def test_prediction_folder_of_unetlab_predict_pairs_by_metric(tmp_path):
     assert cli_main(["evaluate", str(preds), str(gts), "--metrics", "cells"]) == 0
 
 
+def _pred_gt_dirs(tmp_path):
+    """Empty PRED and GT folders ``p/`` and ``g/``."""
+    p, g = tmp_path / "p", tmp_path / "g"
+    p.mkdir()
+    g.mkdir()
+    return p, g
+
+
 def _small_pair(folder_p, folder_g, name):
     gt = np.full((12, 13), 255, np.uint8)
     gt[:, 6] = 0
@@ -204,9 +210,7 @@ def _small_pair(folder_p, folder_g, name):
 
 
 def test_missing_predictions_are_named_and_the_rest_scored(tmp_path, capsys):
-    p, g = tmp_path / "p", tmp_path / "g"
-    p.mkdir()
-    g.mkdir()
+    p, g = _pred_gt_dirs(tmp_path)
     _small_pair(p, g, "a")
     _small_pair(p, g, "b")
     (p / "b_prob.tif").unlink()
@@ -223,9 +227,7 @@ def test_missing_predictions_are_named_and_the_rest_scored(tmp_path, capsys):
 
 
 def test_out_never_overwrites_an_input_and_needs_overwrite(tmp_path, capsys):
-    p, g = tmp_path / "p", tmp_path / "g"
-    p.mkdir()
-    g.mkdir()
+    p, g = _pred_gt_dirs(tmp_path)
     _small_pair(p, g, "a")
     out = tmp_path / "o"
     assert main(["evaluate", str(p), str(g), "--out", str(out)]) == 0
@@ -251,9 +253,7 @@ def test_out_never_overwrites_an_input_and_needs_overwrite(tmp_path, capsys):
     ("ilastik", "no background"),
 ])
 def test_evaluate_reads_labels_by_the_train_rule(tmp_path, capsys, case, words):
-    p, g = tmp_path / "p", tmp_path / "g"
-    p.mkdir()
-    g.mkdir()
+    p, g = _pred_gt_dirs(tmp_path)
     lab = np.zeros((16, 16), np.uint8)
     lab[2:7, 2:7], lab[9:14, 9:14] = 1, 2
     iio.imwrite(p / "x.png", lab)
