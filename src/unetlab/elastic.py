@@ -260,57 +260,58 @@ def _coords_kernel(m00, m01, oy, m10, m11, ox, py, px, ax, ys, xs):
             xs[i, j] = bx + m11 * j + b
 
 
-@numba.njit(inline="always")
-def _cubic_at(src, y0, ty, x0, tx, out, i, j):
-    """out[:, i, j] = bicubic (Keys) value of ``src`` at (y0 + ty, x0 + tx), mirrored borders."""
+@numba.njit(cache=True, nogil=True)
+def _cubic_kernel(src, ys, xs, out):
+    """Bicubic (Keys) resampling of every channel of ``src`` (C, H, W) at ``ys``/``xs``,
+    mirrored borders; the coordinates and weights of a pixel are shared by its channels."""
     n, h, w = src.shape
-    wy0, wy1, wy2, wy3 = _keys4(ty)
-    wx0, wx1, wx2, wx3 = _keys4(tx)
-    if 1 <= y0 and y0 + 2 < h and 1 <= x0 and x0 + 2 < w:
-        r0, r1, r2, r3 = y0 - 1, y0, y0 + 1, y0 + 2
-        c0, c1, c2, c3 = x0 - 1, x0, x0 + 1, x0 + 2
-    else:
-        r0, r1, r2, r3 = (_mirror(y0 - 1, h), _mirror(y0, h), _mirror(y0 + 1, h),
-                          _mirror(y0 + 2, h))
-        c0, c1, c2, c3 = (_mirror(x0 - 1, w), _mirror(x0, w), _mirror(x0 + 1, w),
-                          _mirror(x0 + 2, w))
-    for c in range(n):
-        s = src[c]
-        v0 = wx0 * s[r0, c0] + wx1 * s[r0, c1] + wx2 * s[r0, c2] + wx3 * s[r0, c3]
-        v1 = wx0 * s[r1, c0] + wx1 * s[r1, c1] + wx2 * s[r1, c2] + wx3 * s[r1, c3]
-        v2 = wx0 * s[r2, c0] + wx1 * s[r2, c1] + wx2 * s[r2, c2] + wx3 * s[r2, c3]
-        v3 = wx0 * s[r3, c0] + wx1 * s[r3, c1] + wx2 * s[r3, c2] + wx3 * s[r3, c3]
-        out[c, i, j] = wy0 * v0 + wy1 * v1 + wy2 * v2 + wy3 * v3
-
-
-@numba.njit(inline="always")
-def _linear_at(src, y0, ty, x0, tx, out, i, j):
-    """out[:, i, j] = bilinear value of ``src`` at (y0 + ty, x0 + tx), mirrored borders."""
-    n, h, w = src.shape
-    if 0 <= y0 and y0 + 1 < h and 0 <= x0 and x0 + 1 < w:
-        r0, r1, c0, c1 = y0, y0 + 1, x0, x0 + 1
-    else:
-        r0, r1 = _mirror(y0, h), _mirror(y0 + 1, h)
-        c0, c1 = _mirror(x0, w), _mirror(x0 + 1, w)
-    for c in range(n):
-        s = src[c]
-        out[c, i, j] = ((1.0 - ty) * ((1.0 - tx) * s[r0, c0] + tx * s[r0, c1])
-                        + ty * ((1.0 - tx) * s[r1, c0] + tx * s[r1, c1]))
+    for i in range(h):
+        for j in range(w):
+            y = ys[i, j]
+            x = xs[i, j]
+            fy = np.floor(y)
+            fx = np.floor(x)
+            ty = y - fy
+            tx = x - fx
+            y0 = int(fy)
+            x0 = int(fx)
+            wy0, wy1, wy2, wy3 = _keys4(ty)
+            wx0, wx1, wx2, wx3 = _keys4(tx)
+            if 1 <= y0 and y0 + 2 < h and 1 <= x0 and x0 + 2 < w:
+                r0, r1, r2, r3 = y0 - 1, y0, y0 + 1, y0 + 2
+                c0, c1, c2, c3 = x0 - 1, x0, x0 + 1, x0 + 2
+            else:
+                r0, r1, r2, r3 = (_mirror(y0 - 1, h), _mirror(y0, h), _mirror(y0 + 1, h),
+                                  _mirror(y0 + 2, h))
+                c0, c1, c2, c3 = (_mirror(x0 - 1, w), _mirror(x0, w), _mirror(x0 + 1, w),
+                                  _mirror(x0 + 2, w))
+            for c in range(n):
+                s = src[c]
+                v0 = wx0 * s[r0, c0] + wx1 * s[r0, c1] + wx2 * s[r0, c2] + wx3 * s[r0, c3]
+                v1 = wx0 * s[r1, c0] + wx1 * s[r1, c1] + wx2 * s[r1, c2] + wx3 * s[r1, c3]
+                v2 = wx0 * s[r2, c0] + wx1 * s[r2, c1] + wx2 * s[r2, c2] + wx3 * s[r2, c3]
+                v3 = wx0 * s[r3, c0] + wx1 * s[r3, c1] + wx2 * s[r3, c2] + wx3 * s[r3, c3]
+                out[c, i, j] = wy0 * v0 + wy1 * v1 + wy2 * v2 + wy3 * v3
 
 
 @numba.njit(cache=True, nogil=True)
-def _interp_kernel(src, ys, xs, out, cubic):
-    """Resample every channel of ``src`` (C, H, W) at the source coordinates ``ys``/``xs``:
-    bicubic when ``cubic`` else bilinear (numba kernel; excepted from the length rule)."""
-    h, w = ys.shape
-    for i in range(h):
-        for j in range(w):
-            y0, ty = _floor_frac(ys[i, j])
-            x0, tx = _floor_frac(xs[i, j])
-            if cubic:
-                _cubic_at(src, y0, ty, x0, tx, out, i, j)
-            else:
-                _linear_at(src, y0, ty, x0, tx, out, i, j)
+def _linear_kernel(src, ys, xs, out):
+    """Bilinear resampling of every channel of ``src`` (C, H, W) at ``ys``/``xs``, mirrored
+    borders."""
+    n, h, w = src.shape
+    for c in range(n):                  # channels outermost: weight maps have one
+        s = src[c]
+        for i in range(h):
+            for j in range(w):
+                r0, ty = _floor_frac(ys[i, j])
+                c0, tx = _floor_frac(xs[i, j])
+                if 0 <= r0 and r0 + 1 < h and 0 <= c0 and c0 + 1 < w:
+                    r1, c1 = r0 + 1, c0 + 1
+                else:
+                    r0, r1 = _mirror(r0, h), _mirror(r0 + 1, h)
+                    c0, c1 = _mirror(c0, w), _mirror(c0 + 1, w)
+                out[c, i, j] = ((1.0 - ty) * ((1.0 - tx) * s[r0, c0] + tx * s[r0, c1])
+                                + ty * ((1.0 - tx) * s[r1, c0] + tx * s[r1, c1]))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -368,7 +369,7 @@ def resample(arrays: Sequence[np.ndarray], orders: Sequence[int], ys: np.ndarray
         dt = _out_dtype(a, order)
         src = np.ascontiguousarray(a, dtype=dt).reshape((-1, h, w))
         r = np.empty(src.shape, dtype=dt)
-        _interp_kernel(src, ys, xs, r, order == 3)
+        (_cubic_kernel if order == 3 else _linear_kernel)(src, ys, xs, r)
         out.append(r.reshape(a.shape))
     return out
 
