@@ -278,16 +278,18 @@ def isbi2012(ground_truth, probability, thinning: bool = False, radius: int = 20
     if int(radius) != radius:
         raise UnetlabError(f"radius must be an integer, got {radius!r}")
     gt_labels = [_label4(g) for g in gt]
-    rows = [_threshold_row(gt, gt_labels, prob, th, thinning, classic, radius)
+    prob64 = prob.astype(np.float64)
+    rows = [_threshold_row(gt, gt_labels, prob, prob64 > th, th, thinning, classic, radius)
             for th in isbi_thresholds(0.0, 1.0, 0.1)]
     return _summary(rows, gt.shape, thinning)
 
 
-def _threshold_row(gt: np.ndarray, gt_labels: list[np.ndarray], prob: np.ndarray, th: float,
-                   thinning: bool, classic: bool, radius: int) -> dict:
-    """All ISBI figures of one threshold ``th``, pooled over the slices of (S, H, W) ``gt``."""
+def _threshold_row(gt: np.ndarray, gt_labels: list[np.ndarray], prob: np.ndarray,
+                   pred: np.ndarray, th: float, thinning: bool, classic: bool,
+                   radius: int) -> dict:
+    """All ISBI figures of one threshold ``th`` (``pred`` = prob > th), pooled over the slices
+    of (S, H, W) ``gt``."""
     n_slices, h, w = gt.shape
-    pred = prob.astype(np.float64) > th
     px = _fscore(*_pixel_counts(gt, pred))
     tp = fp = fn = splits = mergers = 0
     classic_err = classic_warp = vrand = vinfo = 0.0
