@@ -468,3 +468,21 @@ def test_cli_augment_missing_data_and_help(tmp_path, capsys):
         main(["augment", "--help"])
     text = capsys.readouterr().out
     assert "examples:" in text and "unetlab augment synthetic --out aug/" in text
+
+
+def test_cli_augment_keeps_existing_files_unless_overwrite(tmp_path, capsys):
+    from unetlab.cli import main
+
+    out = tmp_path / "aug"
+    argv = ["augment", "synthetic", "--out", str(out), "--n", "1", "--size", "32"]
+    assert main(argv) == 0
+    grid = (out / "grid.png").read_bytes()
+    (out / "aug_000_image.png").write_bytes(b"my edited picture")
+    capsys.readouterr()
+    assert main(argv + ["--seed", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "already exists" in err and "--overwrite" in err and "\n" not in err
+    assert (out / "aug_000_image.png").read_bytes() == b"my edited picture"
+    assert (out / "grid.png").read_bytes() == grid
+    assert main(argv + ["--seed", "5", "--overwrite"]) == 0
+    assert (out / "aug_000_image.png").read_bytes()[:4] == b"\x89PNG"

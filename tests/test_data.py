@@ -24,7 +24,6 @@ from unetlab.data import (
     read_image,
     read_pair,
     read_stack,
-    reflect_indices,
 )
 from unetlab.errors import UnetlabError
 
@@ -433,7 +432,7 @@ def test_bomb_is_refused_before_decoding(tmp_path, monkeypatch):
     monkeypatch.setattr(Image.Image, "load", boom)
     with pytest.raises(UnetlabError, match="more than the limit"):
         read_image(bomb)
-    monkeypatch.setattr(data, "MAX_PIXELS", 10**11)     # the module constant is the default
+    monkeypatch.setattr(data.readers, "MAX_PIXELS", 10**11)  # the module constant is the default
     with pytest.raises(UnetlabError, match="decoder was called"):
         read_image(bomb)
 
@@ -457,6 +456,8 @@ def _coord_sample(h, w, name="c"):
 
 
 def test_reflect_indices_match_numpy_pad():
+    from unetlab.tiling import reflect_indices  # the one mirror-index rule the sampler uses
+
     for n in (1, 2, 3, 5):
         a = np.arange(n)
         pad = 23
@@ -466,7 +467,7 @@ def test_reflect_indices_match_numpy_pad():
                 if start + length > n + pad:
                     continue
                 np.testing.assert_array_equal(
-                    reflect_indices(start, length, n), padded[start + pad:start + pad + length])
+                    reflect_indices(start, start + length, n), padded[start + pad:start + pad + length])
 
 
 @pytest.mark.parametrize("shape", [(50, 61), (7, 5), (3, 2)])
@@ -582,3 +583,63 @@ def test_sampler_geometry_errors_and_for_network():
 
     sampler = TileSampler.for_network([s], Net(), 20, coord_targets)
     assert sampler.out_size == (12, 12) and sampler.context == (4, 4)
+
+
+def test_normalize_keeps_finite_extremes_finite_and_sane():
+    rng = np.random.default_rng(0)
+    img = rng.uniform(-3e38, 3e38, (40, 50)).astype(np.float32)
+    img[0, 0], img[0, 1] = np.finfo(np.float32).min, np.finfo(np.float32).max
+    out = normalize_image(img)
+    assert out.shape == (1, 40, 50) and out.dtype == np.float32
+    assert np.isfinite(out).all()
+    assert -0.1 < np.percentile(out, 50) < 1.1 and out.min() > -1 and out.max() < 2
+    # a few huge outliers next to a narrow range saturate, they do not become inf
+    small = np.zeros((40, 50), np.float32)
+    small[:20] = 1.0
+    small[5, 5], small[6, 6] = -3e38, 3e38
+    assert np.isfinite(normalize_image(small)).all()
+
+
+def test_tiff_axes_are_honoured_and_multi_series_refused(tmp_path):
+    rgb = np.zeros((10, 12, 3), np.uint8)
+    rgb[..., 1] = 200
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb",
+                     planarconfig="separate")
+    np.testing.assert_array_equal(read_image(tmp_path / "planar.tif"), rgb)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    with pytest.raises(UnetlabError, match=r"rgb\.tif: is a colour image"):
+        read_stack(tmp_path / "rgb.tif")
+    with tifffile.TiffWriter(tmp_path / "two.tif") as w:
+        w.write(np.zeros((10, 12), np.uint8))
+        w.write(np.zeros((5, 6), np.uint8))
+    for fn in (read_image, read_stack):
+        with pytest.raises(UnetlabError, match=r"two\.tif: TIFF holds 2 separate images"):
+            fn(tmp_path / "two.tif")
+
+
+def test_class_images_without_background_and_intensity_images_are_refused(tmp_path):
+    ilastik = np.ones((30, 30), np.uint8)
+    ilastik[10:20, 10:20] = 2
+    with pytest.raises(UnetlabError, match=r"lab\.png: label has no background.*\{1, 2\}"):
+        label_to_instances(ilastik, "lab.png")
+    shifted = label_to_instances(ilastik - 1, "lab.png")        # 0 = background: fine
+    assert shifted.max() == 1
+    noise = np.random.default_rng(0).integers(0, 200, (128, 128)).astype(np.uint8)
+    with pytest.raises(UnetlabError, match="intensity image"):
+        label_to_instances(noise, "x.tif")
+    # the same rule through the dataset reader that `unetlab train` uses
+    root = tmp_path / "ds"
+    (root / "image").mkdir(parents=True)
+    (root / "label").mkdir()
+    _png(root / "image" / "a.png", np.zeros((30, 30), np.uint8))
+    _png(root / "label" / "a.png", ilastik)
+    with pytest.raises(UnetlabError, match=r"a\.png: label has no background"):
+        read_dataset(root)
+
+
+def test_label_rule_and_normalisation_are_top_level_exports():
+    import unetlab
+
+    assert unetlab.label_to_instances is label_to_instances
+    assert unetlab.normalize_image is normalize_image
+    assert normalize_image(np.arange(12.0).reshape(3, 4)).shape == (1, 3, 4)

@@ -13,7 +13,7 @@ import tifffile
 
 from unetlab import metrics
 from unetlab.cli import main
-from unetlab.commands.evaluate import to_probability
+from unetlab.evaluation import to_probability
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "examples" / "metrics"
 
@@ -63,8 +63,8 @@ def test_isbi_folders_reproduce_fiji_and_write_outputs(tmp_path, capsys):
     assert pic.shape == (10, 10, 3)
     cyan = (pic == (0, 255, 255)).all(axis=2)
     red = (pic == (255, 0, 0)).all(axis=2)
-    assert cyan.any() == bool((cls == metrics.MERGE).any())
-    assert red.any() == bool((cls == metrics.SPLIT).any())
+    assert cyan.any() == bool((cls == metrics.WARP_MERGE).any())
+    assert red.any() == bool((cls == metrics.WARP_SPLIT).any())
     assert not list(out.glob(".*tmp*"))  # atomic writes left no temporary files
 
 
@@ -144,9 +144,7 @@ def test_cells_and_instances(tmp_path, capsys):
     ("missing", "no such file"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, case, words):
-    p, g = tmp_path / "p", tmp_path / "g"
-    p.mkdir()
-    g.mkdir()
+    p, g = _pred_gt_dirs(tmp_path)
     gt = np.full((8, 9), 255, np.uint8)
     gt[:, 4] = 0
     prob = np.full((8, 9), 0.7, np.float32)
@@ -173,7 +171,7 @@ def test_prediction_folder_of_unetlab_predict_pairs_by_metric(tmp_path):
     import tifffile
 
     from unetlab.cli import main as cli_main
-    from unetlab.commands.evaluate import load_pairs
+    from unetlab.evaluation import load_pairs
 
     gt = np.zeros((20, 20), np.uint8)
     gt[2:9, 2:9] = 255
@@ -188,9 +186,81 @@ def test_prediction_folder_of_unetlab_predict_pairs_by_metric(tmp_path):
     labels[11:18, 11:18] = 2
     tifffile.imwrite(preds / "a_labels.tif", labels)
     iio.imwrite(preds / "a_overlay.png", np.zeros((20, 20, 3), np.uint8))
-    (p_isbi,) = load_pairs(preds, gts, prefer=("_prob",))
-    assert p_isbi[3].name == "a_prob.tif"
-    (p_cells,) = load_pairs(preds, gts, prefer=("_labels",))
-    assert p_cells[3].name == "a_labels.tif"
+    (p_isbi,), missing = load_pairs(preds, gts, prefer=("_prob",))
+    assert p_isbi.pred_path.name == "a_prob.tif" and missing == []
+    (p_cells,), _ = load_pairs(preds, gts, prefer=("_labels",))
+    assert p_cells.pred_path.name == "a_labels.tif"
     assert cli_main(["evaluate", str(preds), str(gts)]) == 0
     assert cli_main(["evaluate", str(preds), str(gts), "--metrics", "cells"]) == 0
+
+
+def _pred_gt_dirs(tmp_path):
+    """Empty PRED and GT folders ``p/`` and ``g/``."""
+    p, g = tmp_path / "p", tmp_path / "g"
+    p.mkdir()
+    g.mkdir()
+    return p, g
+
+
+def _small_pair(folder_p, folder_g, name):
+    gt = np.full((12, 13), 255, np.uint8)
+    gt[:, 6] = 0
+    tifffile.imwrite(folder_p / f"{name}_prob.tif", (gt / 255.0).astype(np.float32))
+    iio.imwrite(folder_g / f"{name}.png", gt)
+
+
+def test_missing_predictions_are_named_and_the_rest_scored(tmp_path, capsys):
+    p, g = _pred_gt_dirs(tmp_path)
+    _small_pair(p, g, "a")
+    _small_pair(p, g, "b")
+    (p / "b_prob.tif").unlink()
+    assert main(["evaluate", str(p), str(g), "--out", str(tmp_path / "o")]) == 0
+    printed = capsys.readouterr().out
+    line = [ln for ln in printed.splitlines() if "without a prediction" in ln]
+    assert len(line) == 1 and "b.png" in line[0] and "a.png" not in line[0]
+    res = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert res["slices"] == ["a"] and res["missing_predictions"] == ["b.png"]
+    # the threshold left out of the warping minimum (the 11th, 1.0) is marked in the table
+    rows = [ln for ln in printed.splitlines() if ln.strip().startswith(("0.9", "1 "))]
+    assert rows[-1].rstrip().split()[3].endswith("*") and not rows[0].split()[3].endswith("*")
+    assert "not part of the warping-error minimum" in printed
+
+
+def test_out_never_overwrites_an_input_and_needs_overwrite(tmp_path, capsys):
+    p, g = _pred_gt_dirs(tmp_path)
+    _small_pair(p, g, "a")
+    out = tmp_path / "o"
+    assert main(["evaluate", str(p), str(g), "--out", str(out)]) == 0
+    before = (out / "metrics.json").read_bytes()
+    capsys.readouterr()
+    assert main(["evaluate", str(p), str(g), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "metrics.json" in err and "--overwrite" in err and "\n" not in err
+    assert (out / "metrics.json").read_bytes() == before
+    assert main(["evaluate", str(p), str(g), "--out", str(out), "--overwrite"]) == 0
+    # an input named like an output is refused even with --overwrite
+    (g / "metrics.json").write_text("{}")
+    gt_file = g / "a.png"
+    data = gt_file.read_bytes()
+    assert main(["evaluate", str(p), str(g), "--out", str(g), "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is the input" in err and "metrics.json" in err
+    assert (g / "metrics.json").read_text() == "{}" and gt_file.read_bytes() == data
+
+
+@pytest.mark.parametrize("case, words", [
+    ("jpeg", "JPEG is lossy"),
+    ("ilastik", "no background"),
+])
+def test_evaluate_reads_labels_by_the_train_rule(tmp_path, capsys, case, words):
+    p, g = _pred_gt_dirs(tmp_path)
+    lab = np.zeros((16, 16), np.uint8)
+    lab[2:7, 2:7], lab[9:14, 9:14] = 1, 2
+    iio.imwrite(p / "x.png", lab)
+    if case == "jpeg":
+        iio.imwrite(g / "x.jpg", lab * 100)
+    else:
+        iio.imwrite(g / "x.png", lab + 1)
+    assert main(["evaluate", str(p), str(g), "--metrics", "cells"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and "x." in err and "\n" not in err

@@ -18,7 +18,7 @@ from scipy import ndimage
 from reference import naive_metrics as nm
 from unetlab import _isbi, metrics
 from unetlab.errors import UnetlabError
-from unetlab.metrics import MERGE, SPLIT
+from unetlab.metrics import WARP_MERGE, WARP_SPLIT
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "examples" / "metrics"
 CASES = ["em1_tradeoff_free", "em2_tradeoff", "em3_constant"]
@@ -156,7 +156,7 @@ def test_fast_warping_equals_naive_on_random_cases():
             np.testing.assert_array_equal(fast, slow, err_msg=f"case {it} th {th} r {radius}")
             fw, _, _ = _isbi.warp_slice(gt, prob, th, _isbi.SIMPLE)
             np.testing.assert_array_equal(fw.astype(bool), warped)
-            n_split_local += int(np.count_nonzero(slow == SPLIT))
+            n_split_local += int(np.count_nonzero(slow == WARP_SPLIT))
     assert n_split_local > 0  # the cases exercise the split classification
 
 
@@ -251,7 +251,7 @@ def test_one_pixel_bridge_is_a_merge():
     prob = gt.astype(np.float32)
     prob[5, 6] = 1.0  # the membrane line is broken at one pixel
     cls = metrics.warping_classes(gt, prob, 0.5)
-    assert cls[5, 6] == MERGE and np.count_nonzero(cls) == 1
+    assert cls[5, 6] == WARP_MERGE and np.count_nonzero(cls) == 1
     r = metrics.isbi2012(gt, prob)
     assert r["warping_error"] == pytest.approx(1 / gt.size)
     assert r["per_threshold"][5]["mergers"] == 1
@@ -264,7 +264,7 @@ def test_false_membrane_line_across_a_cell_is_one_split_pixel():
     prob = gt.astype(np.float32)
     prob[7, :6] = 0.2  # cuts the left cell in two
     cls = metrics.warping_classes(gt, prob, 0.5)
-    assert np.count_nonzero(cls == SPLIT) == 1 and np.count_nonzero(cls == MERGE) == 0
+    assert np.count_nonzero(cls == WARP_SPLIT) == 1 and np.count_nonzero(cls == WARP_MERGE) == 0
     assert np.count_nonzero(cls) == 1  # the other 5 pixels warped away as simple points
 
 
@@ -375,3 +375,74 @@ def test_matching_low_threshold_is_optimal_assignment():
             for perm in itertools.permutations(range(large), small.shape[0]):
                 best = max(best, sum(small[k, perm[k]] >= t for k in range(small.shape[0])))
             assert metrics.matching(gt, pr, thresholds=[t])[0]["tp"] == best
+
+
+# ------------------------------------------------------------------ sparse instance matching
+def _dense_matching(gt, pred, thresholds):
+    """Dense reference: the full (nG, nP) IoU matrix and one assignment per threshold."""
+    from scipy.optimize import linear_sum_assignment
+
+    gu, gi = np.unique(gt, return_inverse=True)
+    pu, pi = np.unique(pred, return_inverse=True)
+    table = np.zeros((gu.size, pu.size), np.int64)
+    np.add.at(table, (gi.ravel(), pi.ravel()), 1)
+    inter = table[1:, 1:]
+    union = table.sum(1)[1:, None] + table.sum(0)[None, 1:] - inter
+    ious = inter / np.maximum(union, 1)
+    out = []
+    for t in thresholds:
+        cost = -(ious >= t).astype(float) - ious / (2 * min(ious.shape))
+        r, c = linear_sum_assignment(cost)
+        ok = ious[r, c] >= t
+        out.append((int(ok.sum()), float(ious[r, c][ok].sum())))
+    size_g = table.sum(1)[1:]
+    j = inter.argmax(1)
+    best = inter[np.arange(len(j)), j]
+    seg = float(np.where(2 * best > size_g, best / union[np.arange(len(j)), j], 0).mean())
+    return out, seg
+
+
+def _crowd(seed, shape=(64, 72), n=40):
+    """Instances with 0 background, touching neighbours, and a prediction that splits, merges,
+    shifts and drops some of them (so groups of competing pairs exist at low thresholds)."""
+    rng = np.random.default_rng(seed)
+    pts = rng.uniform(0, 1, (n, 2)) * shape
+    yy, xx = np.indices(shape)
+    d = np.hypot(yy[..., None] - pts[:, 0], xx[..., None] - pts[:, 1])
+    gt = (d.argmin(-1) + 1) * (d.min(-1) < 9)
+    pred = np.roll(gt, (1, -1), (0, 1)).copy()
+    pred[(pred % 5 == 0) & (xx % 2 == 0)] += 1000            # splits
+    pred[pred % 7 == 0] = 7                                  # merges
+    pred[pred % 11 == 0] = 0                                 # misses
+    return gt.astype(np.int32), pred.astype(np.int32)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sparse_matching_equals_the_dense_reference(seed):
+    gt, pred = _crowd(seed)
+    ths = [0.1, 0.3, 0.5, 0.7, 0.9]
+    rows = metrics.matching(gt, pred, thresholds=ths)
+    dense, dense_seg = _dense_matching(gt, pred, ths)
+    for r, (tp, s) in zip(rows, dense):
+        assert r["tp"] == tp
+        if r["threshold"] >= 0.5:   # the matching is unique: same pairs, same IoU
+            assert r["mean_matched_iou"] * r["tp"] == pytest.approx(s, abs=1e-9)
+        else:                       # among the largest matchings, the larger total IoU wins
+            assert r["mean_matched_iou"] * r["tp"] >= s - 1e-9
+    assert metrics.seg(gt, pred) == pytest.approx(dense_seg, abs=1e-12)
+
+
+def test_matching_memory_follows_the_overlaps_not_objects_squared():
+    """9,216 objects in 384² (one 4-pixel object each): the dense table would be 9216² int64
+    (680 MB) per copy; the sparse one stays a few MB."""
+    import tracemalloc
+
+    gt = np.arange(384 * 384).reshape(384, 384) // 2
+    gt = (gt // 384 // 2 * 192 + gt % 192 + 1).astype(np.int32)   # 2×2 blocks, 36,864 ids
+    gt = np.where(gt <= 9216, gt, 0)
+    tracemalloc.start()
+    r = metrics.matching(gt, gt, thresholds=[0.5])[0]
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert r["tp"] == r["n_true"] == 9216
+    assert peak < 100e6, f"peak {peak / 1e6:.0f} MB"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import io
 from html.parser import HTMLParser
 from pathlib import Path
@@ -13,8 +14,9 @@ from skimage.segmentation import find_boundaries
 
 from unetlab.cli import main
 from unetlab.errors import UnetlabError
+from unetlab.metrics import split_merge_map
 from unetlab.report import (SECTIONS, ReportData, _boundaries, build_report, load_report_data,
-                            overlay, png_weight_map, read_log, save_report_data, split_merge_map)
+                            overlay, png_weight_map, read_log, save_report_data)
 from unetlab.synthetic import touching_cells_arrays, touching_pairs
 from unetlab.weights import training_targets
 
@@ -269,3 +271,62 @@ def test_plain_training_run_rereads_its_data(tmp_path):
     (run / "config.toml").write_text(f'data = "{tmp_path / "gone"}"\n')
     images, _, text = _images_of(build_report(run))
     assert "could not re-read the training data" in text and len(images) == 1   # curves only
+
+
+# ---------------------------------------------------------------------------- damaged runs
+def test_damaged_inputs_become_notes_and_run_files_are_never_overwritten(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "report_data").mkdir(parents=True)
+    (run / "log.csv").write_bytes(b"\xff\xfe garbage \x00")
+    (run / "config.toml").write_text("data = [unclosed")
+    (run / "report_data" / "summary.json").write_text("[1, 2, 3]")
+    (run / "report_data" / "timing.json").write_text('{"training": "soon"}')
+    (run / "report_data" / "metrics.json").write_text("{not json")
+    (run / "report_data" / "train.npz").write_bytes(b"PK\x03\x04 truncated")
+    np.savez(run / "report_data" / "prediction.npz", image=np.zeros((8, 8)),
+             prob=np.array(["a", "b"]))
+    log_before = (run / "log.csv").read_bytes()
+    assert main(["report", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    for name in ("summary.json", "metrics.json", "train.npz", "prediction.npz", "log.csv"):
+        assert name in page, name
+    # the report refuses to write over the run's own files, but replaces an earlier report
+    for target in ("log.csv", "config.toml"):
+        assert main(["report", str(run), "--out", str(run / target)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert target in err and "not a unetlab report" in err and "\n" not in err
+    assert (run / "log.csv").read_bytes() == log_before
+    assert main(["report", str(run)]) == 0
+
+
+def test_summary_shows_validation_and_evaluate_numbers_with_their_meaning(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.csv").write_text("iteration,loss,lr,seconds,val_loss,val_pixel_error,"
+                                 "val_rand_error\n10,0.5,0.01,1.0,,,\n"
+                                 "20,0.4,0.01,2.0,0.35,0.09,0.125\n30,0.3,0.01,3.0,,,\n")
+    (run / "eval").mkdir()
+    (run / "eval" / "metrics.json").write_text(json.dumps(
+        {"metrics": "isbi2012", "warping_error": 0.00123, "rand_error": 0.0456,
+         "pixel_error": 0.078}))
+    out = build_report(run)
+    page = out.read_text()
+    assert "No headline numbers" not in page
+    assert "val_rand_error (last)" in page and "0.125" in page
+    assert "eval: warping_error" in page and "0.0456" in page
+    assert "the paper&#x27;s ISBI 2012 entry reached 0.0382" in page
+    # data paths of config.toml are found from any working directory (recorded cwd)
+    data = tmp_path / "data"
+    (data / "image").mkdir(parents=True)
+    (data / "label").mkdir()
+    img = np.zeros((32, 32), np.uint8)
+    img[4:14, 4:14] = 200
+    Image.fromarray(img).save(data / "image" / "a.png")
+    Image.fromarray((img > 0).astype(np.uint8) * 255).save(data / "label" / "a.png")
+    (run / "config.toml").write_text(f'data = "data"\ncwd = "{tmp_path}"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    page = build_report(run).read_text()
+    assert "could not re-read the training data" not in page
+    assert "No training samples" not in page

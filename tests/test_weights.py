@@ -312,8 +312,10 @@ def test_cli_weights_errors_are_one_line(tmp_path, capsys, case, msg):
 
     p = tmp_path / f"{case}.tif"
     extra = []
-    if case == "rgb":
-        tifffile.imwrite(p, np.zeros((16, 16, 3), np.uint8))
+    if case == "rgb":  # a colour picture (grey saved as RGB is read as grey, as train does)
+        rgb = np.zeros((16, 16, 3), np.uint8)
+        rgb[4:9, 4:9, 0] = 255
+        tifffile.imwrite(p, rgb)
     elif case == "float":
         tifffile.imwrite(p, np.random.default_rng(0).random((16, 16)).astype(np.float32))
     elif case == "page":
@@ -325,3 +327,42 @@ def test_cli_weights_errors_are_one_line(tmp_path, capsys, case, msg):
     err = capsys.readouterr().err.strip()
     assert msg in err and "\n" not in err and err.startswith("unetlab: error:")
     assert not (tmp_path / "w.png").exists()
+
+
+def test_cli_weights_never_overwrites_the_labels_and_needs_overwrite(tmp_path, capsys):
+    import tifffile
+    from unetlab.cli import main
+
+    lab = tmp_path / "lab.tif"
+    tifffile.imwrite(lab, (two_touching_squares() > 0).astype(np.uint8) * 255)
+    before = lab.read_bytes()
+    for argv in (["--out", str(lab)], ["--out", str(tmp_path / "w.png"), "--tiff", str(lab)],
+                 ["--out", str(tmp_path / "w.png"), "--tiff", str(lab), "--overwrite"]):
+        assert main(["weights", str(lab), *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "lab.tif" in err and "input" in err and "\n" not in err
+    assert lab.read_bytes() == before and not (tmp_path / "w.png").exists()
+    out = tmp_path / "w.png"
+    assert main(["weights", str(lab), "--out", str(out)]) == 0
+    first = out.read_bytes()
+    assert main(["weights", str(lab), "--out", str(out), "--w0", "3"]) == 2
+    assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == first
+    assert main(["weights", str(lab), "--out", str(out), "--w0", "3", "--overwrite"]) == 0
+
+
+def test_weight_map_of_a_binary_mask_equals_the_cli(tmp_path):
+    """weight_map(0/255 mask) splits the mask into 4-connected cells as train does, so the
+    border term appears between cells; the API and `unetlab weights` give the same map."""
+    import tifffile
+    from unetlab.cli import main
+
+    mask = np.zeros((40, 50), np.uint8)
+    mask[5:35, 5:22] = 255
+    mask[5:35, 24:45] = 255                     # two cells, a 2-pixel gap
+    w_api = weight_map(mask)
+    assert w_api[20, 22:24].min() > 8           # the gap carries ~w0 = 10 (not max 2.28)
+    np.testing.assert_allclose(w_api, weight_map(as_instances(mask)))
+    tifffile.imwrite(tmp_path / "m.tif", mask)
+    assert main(["weights", str(tmp_path / "m.tif"), "--out", str(tmp_path / "w.png"),
+                 "--tiff", str(tmp_path / "w.tif")]) == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "w.tif"), w_api)

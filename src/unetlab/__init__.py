@@ -31,10 +31,13 @@ _EXPORTS = {
     "predict_tiled": "predict",
     "predict_dask": "distributed",
     "to_instances": "postprocess",
+    "label_to_instances": "data",
+    "normalize_image": "data",
+    "evaluate": "evaluation",
 }
 _SUBMODULES = {"model", "weights", "augment", "data", "synthetic", "loss", "training", "tiling",
                "predict", "postprocess", "metrics", "report", "checkpoint", "distributed",
-               "errors", "atomic", "cli"}
+               "errors", "atomic", "cli", "evaluation", "writers", "elastic"}
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

@@ -1,4 +1,4 @@
-"""Numba kernels of the ISBI 2012 warping error (``unetlab.metrics``; spec: METRICS.md §2.4, §3.3).
+"""Numba kernels of the ISBI 2012 warping error (``unetlab.metrics``).
 
 Internal module. The public entry points are :func:`unetlab.metrics.isbi2012` and
 :func:`unetlab.metrics.warping_classes`.
@@ -19,9 +19,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-# Fiji WarpingError flags (METRICS.md §3.3)
-MERGE = 0x1
-SPLIT = 0x2
+# Fiji WarpingError flags
+WARP_MERGE = 0x1
+WARP_SPLIT = 0x2
 HOLE_ADDITION = 0x4
 OBJECT_DELETION = 0x8
 OBJECT_ADDITION = 0x10
@@ -55,7 +55,7 @@ def simple_point_table() -> np.ndarray:
     """(256,) bool: ``table[code]`` is True iff the centre is a (4,8)-simple point.
 
     ``code`` = Σ 2^k over the cell neighbours k (order :data:`NEIGHBOURS`). Cells are
-    4-connected, membrane 8-connected (§2.4): simple iff exactly one 4-component of cell
+    4-connected, membrane 8-connected: simple iff exactly one 4-component of cell
     neighbours touches the centre 4-adjacently and the membrane neighbours form exactly one
     8-component (centre excluded from both). Does not depend on the centre's own value.
     """
@@ -77,10 +77,10 @@ SIMPLE = simple_point_table()
 def warp_slice(source, prob, th, table):
     """Warp the binary ``source`` (GT, uint8 0/1, (H, W)) onto ``prob > th`` by simple points.
 
-    Fiji's ``simplePointWarp2d`` (§3.3 step 1): the slice is padded by one ring of membrane;
+    Fiji's ``simplePointWarp2d``: the slice is padded by one ring of membrane;
     each sweep lists the mismatches x-major, stable-sorts them by float32(|prob − th|)
     descending and flips each one that is simple in the *current* labels; sweeps repeat until
-    one flips nothing. ``prob`` is float32, compared in float64 (§2.2).
+    one flips nothing. ``prob`` is float32, compared in float64.
 
     Returns ``(warped (H, W) uint8, ys, xs)``: the warped labels and the remaining mismatches.
     """
@@ -168,15 +168,11 @@ def _splits_cell(binary, y, x, y0, y1, x0, x1, outside_is_zero, stamp, base, que
         cur += 1
         # flood this neighbour's 4-component inside the window, centre excluded
         stamp[ny, nx] = cur
-        head = 0
-        tail = 0
-        queue[tail] = ny * w + nx
-        tail += 1
+        queue[0] = ny * w + nx
+        head, tail = 0, 1
         while head < tail:
-            p = queue[head]
+            py, px = divmod(queue[head], w)
             head += 1
-            py = p // w
-            px = p - py * w
             for d in range(4):
                 if d == 0:
                     qy, qx = py - 1, px
@@ -201,7 +197,7 @@ def _splits_cell(binary, y, x, y0, y1, x0, x1, outside_is_zero, stamp, base, que
 
 @njit(cache=True, nogil=True)
 def classify_mismatches(warped, comp, ys, xs, radius):
-    """Fiji's ``classifyMismatches2d`` (§3.3 step 2) for the mismatches (ys, xs) of a warped slice.
+    """Fiji's ``classifyMismatches2d`` for the mismatches (ys, xs) of a warped slice.
 
     ``warped`` (H, W) uint8 0/1 and ``comp`` (H, W) int 4-CC labels of ``warped`` (all 0 when
     ``warped`` is entirely cell, Fiji's ``convertToByte`` quirk). Returns (m,) int64 flags.
@@ -249,14 +245,14 @@ def classify_mismatches(warped, comp, ys, xs, radius):
                     x1 = min(x + radius, w - 1)
                 split, base = _splits_cell(warped, y, x, y0, y1, x0, x1, not whole,
                                            stamp, base, queue)
-                out[i] = SPLIT if split else HOLE_DELETION
+                out[i] = WARP_SPLIT if split else HOLE_DELETION
         else:
-            out[i] = MERGE if centre == 0 else SPLIT
+            out[i] = WARP_MERGE if centre == 0 else WARP_SPLIT
     return out
 
 
 # ------------------------------------------------------------------------------------------
-# border thinning for V_rand / V_info (METRICS.md §3.4)
+# border thinning for V_rand / V_info
 # ------------------------------------------------------------------------------------------
 _MASK = -2
 _WSHED = 0
@@ -287,10 +283,8 @@ def _flood_level(lab, ys, xs, queue, current, flag):
                 lab[y, x] = _INQUEUE
                 break
     while head < tail:
-        p = queue[head]
+        y, x = divmod(queue[head], w)
         head += 1
-        y = p // w
-        x = p - y * w
         for d in range(4):
             v = y + _N4Y[d]
             u = x + _N4X[d]
@@ -317,23 +311,27 @@ def _flood_level(lab, ys, xs, queue, current, flag):
         if lab[y, x] == _MASK:
             current += 1
             lab[y, x] = current
-            head = 0
-            tail = 0
-            queue[tail] = y * w + x
-            tail += 1
-            while head < tail:
-                p = queue[head]
-                head += 1
-                py = p // w
-                px = p - py * w
-                for d in range(4):
-                    v = py + _N4Y[d]
-                    u = px + _N4X[d]
-                    if 0 <= v < h and 0 <= u < w and lab[v, u] == _MASK:
-                        lab[v, u] = current
-                        queue[tail] = v * w + u
-                        tail += 1
+            _label_component(lab, y, x, current, queue)
     return current, flag
+
+
+@njit(cache=True, nogil=True)
+def _label_component(lab, y, x, current, queue):
+    """Give the 4-connected _MASK pixels reachable from (y, x) the label ``current`` (a stack:
+    the order does not change which pixels are reached)."""
+    h, w = lab.shape
+    queue[0] = y * w + x
+    top = 1
+    while top > 0:
+        top -= 1
+        py, px = divmod(queue[top], w)
+        for d in range(4):
+            v = py + _N4Y[d]
+            u = px + _N4X[d]
+            if 0 <= v < h and 0 <= u < w and lab[v, u] == _MASK:
+                lab[v, u] = current
+                queue[top] = v * w + u
+                top += 1
 
 
 @njit(cache=True, nogil=True)

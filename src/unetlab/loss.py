@@ -28,10 +28,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .weights import IGNORE_INDEX
+
 __all__ = ["weighted_cross_entropy", "center_crop", "IGNORE_INDEX"]
 
-#: Class value meaning "unlabelled, ignore" (same as :data:`unetlab.weights.IGNORE_INDEX`).
-IGNORE_INDEX = 255
 
 
 def center_crop(x: torch.Tensor, h: int, w: int, name: str = "labels") -> torch.Tensor:

@@ -24,6 +24,7 @@ Conventions (every function here, any number of dimensions, distances in pixels)
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -33,6 +34,7 @@ from .errors import UnetlabError
 __all__ = [
     "IGNORE_INDEX", "border_weight_map", "class_balance_map", "weight_map", "separate_instances",
     "instances_from_mask", "as_instances", "training_targets", "border_radius",
+    "write_weight_map",
 ]
 
 IGNORE_INDEX = 255
@@ -245,36 +247,30 @@ def instances_from_mask(mask) -> np.ndarray:
     return lab
 
 
-def as_instances(label_image, ignore_label=None) -> np.ndarray:
-    """Turn a label image as read from disk into an instance image (int32, < 0 = ignored).
+def as_instances(label_image, ignore_label=None, path=None) -> np.ndarray:
+    """Turn a label image as read from disk into an instance image (int32, -1 = ignored).
 
-    * Binary images (bool, or values ⊆ {0, v} with one v > 0, e.g. 0/255 ISBI labels) → the
-      4-connected components of the foreground (:func:`instances_from_mask`). An instance image
-      with a single instance is indistinguishable from a binary mask and is treated as one.
-    * Otherwise the integer ids are kept as they are (int32; ids too large for int32 are
-      relabelled 1..K); negative values stay "ignored", and ``ignore_label`` becomes -1.
-    * Float images with integer values are accepted; non-integer values or NaN raise
-      :class:`UnetlabError`. (RGB images cannot be told apart from a small stack here: readers,
-      which know the file, refuse them.)
+    Negative values and ``ignore_label`` become -1 (ignored); the rest follows the one label rule
+    of the package, :func:`unetlab.data.label_to_instances` (2D): a binary image (values ⊆
+    {0, v}, e.g. 0/255 ISBI labels, or bool) → the 4-connected components of the foreground;
+    other integer images keep their ids; non-integer, colour, class images without background
+    and intensity images raise :class:`UnetlabError` naming ``path``. Images of other
+    dimensions: binary → face-connected components (:func:`instances_from_mask`), else the ids.
     """
     a = np.asarray(label_image)
     if a.dtype == bool:
         return instances_from_mask(a)
-    lab = _as_int_labels(a, "labels")
-    ign = _ignored(lab, ignore_label) if ignore_label is not None else None
-    if ign is not None and ign.any():
-        lab = lab.copy()
-        lab[ign] = -1
-    pos_vals = np.unique(lab[lab > 0]) if lab.size else lab[:0]
-    if len(pos_vals) <= 1 and not (lab < 0).any():
-        return instances_from_mask(lab > 0)
-    if lab.dtype != np.int32:
-        out = np.zeros(lab.shape, np.int32)
-        pos = lab > 0
-        out[pos] = np.searchsorted(pos_vals, lab[pos]) + 1
-        out[lab < 0] = -1
-        return out
-    return lab
+    lab = _as_int_labels(a, str(path) if path is not None else "labels")
+    ign = _ignored(lab, ignore_label)
+    if lab.ndim == 2:
+        from .data.labels import label_to_instances
+
+        out = label_to_instances(np.where(ign, 0, lab), path)
+    else:
+        pos_vals = np.unique(lab[lab > 0]) if lab.size else lab[:0]
+        out = instances_from_mask(lab > 0) if len(pos_vals) <= 1 else lab.astype(np.int32)
+    out[ign] = -1
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,14 +302,72 @@ def training_targets(instances, w0: float = 10.0, sigma: float = 5.0, balance: b
     return classes, weights
 
 
-def weight_map(instances, w0: float = 10.0, sigma: float = 5.0, balance: bool = True,
+def weight_map(labels, w0: float = 10.0, sigma: float = 5.0, balance: bool = True,
                ignore_label=None, *, tol: float = DEFAULT_TOL) -> np.ndarray:
-    """The weight map of Eq. 2, float32: ``w_c + w0·exp(−(d1+d2)²/(2σ²))``.
+    """The weight map of Eq. 2, float32, shape of ``labels``: ``w_c + w0·exp(−(d1+d2)²/(2σ²))``.
 
-    ``instances``: integer instance image, 0 = background, < 0 (and ``ignore_label``) = ignored.
+    ``labels``: a label image as ``unetlab train`` reads one (:func:`as_instances`): instance
+    ids (0 = background), or a binary mask such as 0/255 whose 4-connected regions become the
+    cells; < 0 (and ``ignore_label``) = ignored. ``w0`` is unitless, ``sigma`` in pixels.
     Touching instances are first split by one-pixel borders (:func:`separate_instances`); w_c
     balances the resulting cell/background classes (:func:`class_balance_map`; all 1 when
     ``balance`` is False); the border term (:func:`border_weight_map`) is evaluated on the
     separated instances, so it peaks on the separation lines. Ignored pixels get 0.
     """
-    return training_targets(instances, w0, sigma, balance, ignore_label, tol=tol)[1]
+    return training_targets(as_instances(labels, ignore_label), w0, sigma, balance, tol=tol)[1]
+
+
+# --------------------------------------------------------------------------------------------
+# files: what ``unetlab weights`` does
+# --------------------------------------------------------------------------------------------
+def write_weight_map(labels, out, *, tiff=None, page: int = 0, w0: float = 10.0,
+                     sigma: float = 5.0, balance: bool = True, ignore_label=None,
+                     cmap: str = "jet", overwrite: bool = False) -> dict:
+    """Read a label file, compute its weight map (Eq. 2) as :func:`weight_map` does and write a
+    picture of the separated cells and the weights (PNG ``out``, Fig. 3c–d) and, with ``tiff``,
+    the float32 weights. ``page`` picks the slice of a stack. Outputs are checked before
+    anything is computed: an input is never overwritten, an existing file needs ``overwrite``.
+    Returns {"shape", "instances", "min", "max", "mean"} of the map."""
+    from .data import label_to_instances, read_label_image
+    from .writers import check_outputs, write_tiff
+
+    _check_weight_options(w0, sigma, cmap)
+    outputs = [Path(out)] + ([Path(tiff)] if tiff else [])
+    check_outputs(outputs, [labels], overwrite)
+    raw = np.asarray(read_label_image(labels))
+    if raw.ndim == 3 and raw.shape[-1] <= 4 < raw.shape[0]:  # (H, W, c): grey or refused colour
+        raw = label_to_instances(raw, labels)
+    elif raw.ndim == 3:
+        if not 0 <= page < raw.shape[0]:
+            raise UnetlabError(f"--page {page}: {labels} has {raw.shape[0]} pages")
+        raw = raw[page]
+    inst = as_instances(raw, ignore_label, labels)
+    classes, w = training_targets(inst, w0=w0, sigma=sigma, balance=balance)
+    n = _count_ids(inst)
+    for o in outputs:
+        try:
+            o.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UnetlabError(f"{o}: cannot create the folder {o.parent} "
+                               f"({e.strerror or e})") from None
+    from .atomic import atomic_write_bytes
+    from .report.pictures import png_weight_panels
+
+    title = f"weight map (Eq. 2): w0={w0:g}, σ={sigma:g}" + ("" if balance else ", no balance")
+    atomic_write_bytes(outputs[0], png_weight_panels(classes, w, n, title, cmap))
+    if tiff:
+        write_tiff(tiff, w.astype(np.float32))
+    return {"shape": w.shape, "instances": n, "min": float(w.min()), "max": float(w.max()),
+            "mean": float(w.mean())}
+
+
+def _check_weight_options(w0: float, sigma: float, cmap: str) -> None:
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise UnetlabError(f"--sigma must be a finite number > 0, got {sigma}")
+    if not (math.isfinite(w0) and w0 >= 0):
+        raise UnetlabError(f"--w0 must be a finite number ≥ 0, got {w0}")
+    import matplotlib
+
+    if cmap not in matplotlib.colormaps:
+        raise UnetlabError(f"--cmap: unknown matplotlib colour map {cmap!r} "
+                           f"(e.g. jet, viridis, magma)")

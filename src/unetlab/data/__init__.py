@@ -1,0 +1,47 @@
+"""Training data: reading files, labels, intensity normalisation and the random tile sampler.
+
+This is the edge of the library where files are read; everything else works on
+:class:`Sample` objects. One concept per module:
+
+* :mod:`.readers` — :func:`read_image`, :func:`read_stack` (one file, size checked before
+  decoding);
+* :mod:`.datasets` — :func:`list_images`, :func:`read_pair`, :func:`read_dataset` (folder layouts
+  of the paper's data sets, Sec. 3, and the Cell Tracking Challenge);
+* :mod:`.labels` — :func:`label_to_instances`, the one rule that turns a label image into
+  instances (Fig. 3);
+* :mod:`.normalize` — :func:`normalize_image` and its statistics, shared by training and
+  prediction;
+* :mod:`.sample` — :class:`Sample`;
+* :mod:`.sampler` — :class:`TileSampler`, random tiles for the overlap-tile strategy (Fig. 2).
+"""
+from __future__ import annotations
+
+from ..weights import IGNORE_INDEX
+from .datasets import list_images, read_dataset, read_pair
+from .labels import label_to_instances, read_label_image, read_labels
+from .normalize import (normalization_stats, normalize_image, sample_stats, subsample_step,
+                        to_channels_first)
+from .readers import IMAGE_SUFFIXES, MAX_PIXELS, _check_size, read_image, read_stack  # noqa: F401
+from .sample import Sample
+from .sampler import TileSampler
+
+__all__ = [
+    "MAX_PIXELS",
+    "IMAGE_SUFFIXES",
+    "IGNORE_INDEX",
+    "Sample",
+    "read_image",
+    "read_stack",
+    "read_pair",
+    "read_dataset",
+    "list_images",
+    "normalize_image",
+    "normalization_stats",
+    "sample_stats",
+    "subsample_step",
+    "to_channels_first",
+    "label_to_instances",
+    "read_label_image",
+    "read_labels",
+    "TileSampler",
+]
