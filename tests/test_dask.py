@@ -17,7 +17,7 @@ import torch
 
 from unetlab.checkpoint import save_model
 from unetlab.data import normalization_stats, normalize_image
-from unetlab.distributed import (_model_payload, lazy_normalization_stats, model_load_counts,
+from unetlab.dask_predict import (_model_payload, lazy_normalization_stats, model_load_counts,
                                  predict_dask, predict_to_zarr, run_dask_predict)
 from unetlab.errors import UnetlabError
 from unetlab.model import UNet
@@ -182,7 +182,7 @@ def _chunk_files(out: Path) -> dict[str, int]:
 def test_zarr_output_resumes_only_missing_chunks(client, tmp_path, image):
     net = _net(seed=8)
     out = tmp_path / "pred.zarr"
-    ref = predict_tiled(net, image)
+    ref = predict_tiled(net, image, normalize=False)
     res = predict_to_zarr(net, image, out, chunk=CHUNK, normalize=False, client=client)
     assert res["total"] == 9 and len(res["computed"]) == 9 and res["skipped"] == 0
     g = zarr.open_group(str(out), mode="r")
@@ -238,7 +238,7 @@ def test_failed_run_then_rerun_completes(tmp_path, image):
     assert len(res["computed"]) == 9 - done_before
     g = zarr.open_group(str(out), mode="r")
     assert g.attrs["unetlab"]["complete"] is True
-    assert np.abs(g["probabilities"][...] - predict_tiled(net, image)).max() < TOL
+    assert np.abs(g["probabilities"][...] - predict_tiled(net, image, normalize=False)).max() < TOL
 
 
 def test_run_dask_predict_on_existing_scheduler(client, tmp_path, image):
@@ -251,7 +251,7 @@ def test_run_dask_predict_on_existing_scheduler(client, tmp_path, image):
     out = run_dask_predict(mpath, src, tmp_path / "out.zarr", scheduler=client.scheduler.address,
                            chunk=CHUNK, normalize=False, progress=False)
     got = zarr.open_group(str(out), mode="r")["probabilities"][...]
-    assert np.abs(got - predict_tiled(net, image)).max() < TOL
+    assert np.abs(got - predict_tiled(net, image, normalize=False)).max() < TOL
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, image):

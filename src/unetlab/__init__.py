@@ -29,11 +29,12 @@ _EXPORTS = {
     "train": "training",
     "TrainConfig": "training",
     "predict_tiled": "predict",
-    "predict_dask": "distributed",
+    "predict_dask": "dask_predict",
     "to_instances": "postprocess",
 }
 _SUBMODULES = {"model", "weights", "augment", "data", "synthetic", "loss", "training", "tiling",
-               "predict", "postprocess", "metrics", "report", "checkpoint", "distributed",
+               "predict", "postprocess", "metrics", "report", "checkpoint", "ddp", "dask_predict",
+               "engine", "sources", "distributed",
                "errors", "atomic", "cli"}
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -425,7 +425,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_dask(args, inputs, stems, out_dir, device) -> int:
-    from ..distributed import run_dask_predict
+    from ..dask_predict import run_dask_predict
 
     if args.format != "zarr":
         raise UnetlabError("--dask writes zarr: add --format zarr")
@@ -449,7 +449,7 @@ def _predict_one(net, path: Path, stem: str, out_dir: Path, args, device) -> Non
     two = K == 2
     progress = not args.quiet
     kw = dict(tile_size=args.tile, tta=args.tta, batch_size=args.batch, progress=progress,
-              device=device)
+              device=device, normalize=False)
     attrs = {"source": path.name, "classes": K, "tta": bool(args.tta),
              "layout": "(S, K, H, W)" if is_stack else "(K, H, W)"}
     written: list[Path] = []
