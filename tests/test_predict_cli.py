@@ -10,10 +10,10 @@ import torch
 
 from unetlab.checkpoint import load_model, save_model
 from unetlab.cli import main
-from unetlab.commands.predict import safe_stem
 from unetlab.data import normalize_image
 from unetlab.model import UNet
 from unetlab.predict import predict_tiled
+from unetlab.prediction_io import safe_stem
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -22,6 +22,13 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _fp32(monkeypatch):
+    """--precision auto means fp32 here, so that the CLI can be compared with fp32 references
+    to 1e-5 on a CPU with native bf16 too."""
+    monkeypatch.setenv("UNETLAB_NO_NATIVE_BF16", "1")
 
 
 def _model(path: Path, **kw) -> Path:
@@ -98,20 +105,20 @@ def test_predict_zarr_png_tta_multiclass(tmp_path, capsys):
 
 
 def test_big_tiff_is_read_lazily(tmp_path, monkeypatch):
-    from unetlab.commands import predict as cmd
+    from unetlab import sources
 
     model = _model(tmp_path / "model.pt")
     img = _cells((70, 90)).astype(np.uint16) * 100
     tifffile.imwrite(tmp_path / "big.tif", img, tile=(32, 32), compression="zlib")
-    monkeypatch.setattr(cmd, "LAZY_PIXELS", 100)       # treat it as huge: zarr over the TIFF
+    monkeypatch.setattr(sources, "LAZY_PIXELS", 100)       # treat it as huge: zarr over the TIFF
     opened = {}
-    real = cmd._open_lazy
+    real = sources._LazyTiff._open
 
-    def spy(path):
-        opened["lazy"] = real(path)
+    def spy(self):
+        opened["lazy"] = real(self)
         return opened["lazy"]
 
-    monkeypatch.setattr(cmd, "_open_lazy", spy)
+    monkeypatch.setattr(sources._LazyTiff, "_open", spy)
     assert main(["predict", str(model), str(tmp_path / "big.tif"), "--out", str(tmp_path / "o"),
                  "--quiet", "--tile", "80"]) == 0
     assert "lazy" in opened and not isinstance(opened["lazy"], np.ndarray)
