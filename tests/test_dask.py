@@ -283,3 +283,33 @@ def test_run_dask_predict_starts_a_local_cluster(tmp_path, image, capsys):
     assert "9 chunk(s) computed" in capsys.readouterr().out
     got = zarr.open_group(str(out), mode="r")["probabilities"][...]
     assert np.abs(got - predict_tiled(net, normalize_image(img))).max() < TOL
+
+
+def test_cli_dask_honours_batch_instances_and_overlays(client, tmp_path, image, capsys):
+    """`predict --dask` passes --batch, --tta and the instance options on (they used to be
+    ignored); the zarr output equals predict_tiled and the labels equal a direct call."""
+    import tifffile
+
+    from unetlab.cli import main
+    from unetlab.postprocess import to_instances
+
+    net = _net(seed=12)
+    mpath = tmp_path / "model.pt"
+    save_model(net, mpath)
+    raw = (image * 1000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "img.tif", raw)
+    out = tmp_path / "preds"
+    args = ["predict", str(mpath), str(tmp_path / "img.tif"), "--out", str(out), "--dask",
+            "--scheduler", client.scheduler.address, "--batch", "2", "--instances",
+            "--seed-h", "1", "--precision", "fp32", "--quiet"]
+    assert main(args) == 0, capsys.readouterr().err
+    prob = zarr.open_group(str(out / "img_prob.zarr"), mode="r")["probabilities"][...]
+    assert np.abs(prob - predict_tiled(net, raw)).max() < TOL
+    labels = tifffile.imread(out / "img_labels.tif")
+    assert np.array_equal(labels, to_instances(prob[1], h=1.0))
+    assert (out / "img_overlay.png").exists()
+    assert main(args) == 2                       # labels exist: --overwrite needed
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0     # the finished zarr is kept, pictures redone
+    assert main(args[:-6] + ["--workers", "2", "--quiet"]) == 2
+    assert "only one" in capsys.readouterr().err

@@ -45,7 +45,7 @@ def whole_image(net, img: np.ndarray) -> np.ndarray:
     p = np.pad(img.astype(np.float64), lead + [(m, nh - H - m), (m, nw - W - m)], mode="reflect")
     x = torch.from_numpy(p.astype(np.float32)).reshape(1, -1, nh, nw)
     with torch.no_grad():
-        y = torch.softmax(net.eval()(x), dim=1)[0].numpy()
+        y = torch.softmax(net.eval()(x).float(), dim=1)[0].numpy()
     if net.padding == "same":
         y = y[:, m:, m:]
     return y[:, :H, :W]
@@ -228,3 +228,33 @@ def test_bad_inputs():
         predict_tiled(net, _img((20, 20)), batch_size=0, normalize=False)
     with pytest.raises(UnetlabError, match="shape"):
         predict_tiled(net, np.zeros((1, 1, 1, 4, 4), np.float32), normalize=False)
+
+
+def test_bf16_tiled_is_seamless_and_close_to_fp32():
+    """precision="bf16": the tiled result matches one bf16 pass over the whole padded image
+    (seamless to bf16 rounding), and fp32 to 2e-2; the fp32 default stays exact."""
+    from unetlab.hardware import autocast
+
+    net = _net(depth=2, width=4, seed=3)
+    img = _img((61, 70), 5)
+    tiled = predict_tiled(net, img, tile_size=44, precision="bf16", normalize=False)
+    assert tiled.dtype == np.float32 and np.allclose(tiled.sum(0), 1, atol=1e-5)
+    with autocast("bf16", "cpu"):
+        whole = whole_image(net, img)
+    fp32 = predict_tiled(net, img, tile_size=44, normalize=False)
+    assert np.abs(tiled - whole).max() <= 2e-2
+    assert 0 < np.abs(tiled - fp32).max() <= 2e-2
+    assert np.abs(fp32 - whole_image(net, img)).max() < TOL
+
+
+def test_normalize_default_matches_the_data_module():
+    from unetlab.data import normalize_image
+
+    net = _net(depth=2, seed=4)
+    raw = (_img((40, 52), 6) * 3000).astype(np.uint16)
+    ref = predict_tiled(net, normalize_image(raw)[0], normalize=False)
+    assert np.abs(predict_tiled(net, raw) - ref).max() < TOL
+    stats = np.array([[float(raw.min()), float(raw.max())]])
+    manual = (raw.astype(np.float64) - stats[0, 0]) / (stats[0, 1] - stats[0, 0])
+    assert np.abs(predict_tiled(net, raw, normalize=stats)
+                  - predict_tiled(net, manual.astype(np.float32), normalize=False)).max() < TOL
