@@ -126,6 +126,15 @@ def as_source(net, image, normalize=True):
     return NormalizedView(src, stats)
 
 
+def _output(out, shape: tuple[int, ...], tta: bool):
+    """``out`` checked against ``shape``, or a new float32 array (zeros for TTA sums)."""
+    if out is None:
+        return (np.zeros if tta else np.empty)(shape, dtype=np.float32)
+    if tuple(int(s) for s in out.shape) != shape:
+        raise UnetlabError(f"out has shape {tuple(out.shape)}, expected {shape}")
+    return out
+
+
 def _progress_bar(progress, total: int):
     """(bar or None, owned): a tqdm bar when ``progress`` is True, else the caller's object."""
     if progress is True:
@@ -193,10 +202,7 @@ def predict_tiled(net, image, tile_size: int | Sequence[int] | None = None, tta:
     out_shape = (S, K, H, W) if src.stack else (K, H, W)
     if int(batch_size) < 1:
         raise UnetlabError(f"batch_size must be >= 1, got {batch_size}")
-    if out is None:
-        out = (np.zeros if tta else np.empty)(out_shape, dtype=np.float32)
-    elif tuple(int(s) for s in out.shape) != out_shape:
-        raise UnetlabError(f"out has shape {tuple(out.shape)}, expected {out_shape}")
+    out = _output(out, out_shape, tta)
     geom = TileGeometry.from_net(net)
     ntrans = len(DIHEDRAL) if tta else 1
     req = _tile_request(geom, tile_size, (H, W), int(batch_size) * ntrans, memory_budget)

@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import UnetlabError
 
-__all__ = ["ImageSource", "NormalizedView", "open_image", "from_array", "canonical_axes",
+__all__ = ["ImageSource", "NormalizedView", "open_image", "from_array", "canonical_axes", "lazy_tiff",
            "source_stats", "normalize_block", "LAZY_PIXELS"]
 
 #: TIFF images with more pixels than this are read lazily (memmap or zarr over the TIFF).
@@ -185,6 +185,17 @@ def _tiff_series(path: Path) -> tuple[tuple[int, ...], Any, str]:
         raise
     except Exception as e:  # noqa: BLE001 - tifffile raises many types
         raise UnetlabError(f"{path}: cannot read TIFF ({_first_line(e)})") from None
+
+
+def lazy_tiff(path: str | os.PathLike):
+    """Series 0 of a TIFF as a lazy, picklable array (``shape``, ``dtype``, basic slicing
+    returning numpy): a memmap when the data are contiguous, else zarr over tifffile. Refuses
+    files with several series and empty images with a one-line error naming the file."""
+    path = Path(path)
+    shape, dtype, _ = _tiff_series(path)
+    if any(v == 0 for v in shape):
+        raise UnetlabError(f"{path}: image has zero size (shape {shape})")
+    return _LazyTiff(str(path), shape, dtype)
 
 
 def _open_tiff(path: Path, in_channels: int, lazy_pixels: int) -> ImageSource:
