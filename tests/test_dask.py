@@ -308,7 +308,11 @@ def test_cli_dask_honours_batch_instances_and_overlays(client, tmp_path, image, 
     labels = tifffile.imread(out / "img_labels.tif")
     assert np.array_equal(labels, to_instances(prob[1], h=1.0))
     assert (out / "img_overlay.png").exists()
-    assert main(args) == 2                       # labels exist: --overwrite needed
+    capsys.readouterr()
+    assert main(args) == 0                       # all outputs exist: skipped, nothing replaced
+    assert "skipped, its outputs exist" in capsys.readouterr().out
+    (out / "img_overlay.png").unlink()
+    assert main(args) == 2                       # the labels exist: --overwrite needed
     assert "--overwrite" in capsys.readouterr().err
     assert main(args + ["--overwrite"]) == 0     # the finished zarr is kept, pictures redone
     assert main(args[:-6] + ["--workers", "2", "--quiet"]) == 2

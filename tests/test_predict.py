@@ -160,7 +160,8 @@ def test_out_of_core_outputs_and_lazy_inputs(tmp_path):
     ref = predict_tiled(net, img, tile_size=60, normalize=False)
     assert np.abs(predict_tiled(net, zin, tile_size=60, normalize=False) - ref).max() < TOL
     da = pytest.importorskip("dask.array")
-    assert np.abs(predict_tiled(net, da.from_array(img, chunks=20), tile_size=60, normalize=False) - ref).max() < TOL
+    lazy = da.from_array(img, chunks=20)
+    assert np.abs(predict_tiled(net, lazy, tile_size=60, normalize=False) - ref).max() < TOL
     stack = zarr.open_array(store=str(tmp_path / "s.zarr"), mode="w", shape=(2, 50, 61),
                             chunks=(1, 16, 16), dtype="float32")
     stack[:] = np.stack([img, img[::-1].copy()])
@@ -199,7 +200,8 @@ def test_network_state_restored_and_progress():
         def update(self, n):
             calls.append(n)
 
-    predict_tiled(net, _img((40, 40)), tile_size=28, tta=True, progress=Bar(), batch_size=2, normalize=False)
+    predict_tiled(net, _img((40, 40)), tile_size=28, tta=True, progress=Bar(), batch_size=2,
+                  normalize=False)
     assert net.training
     for k, v in net.state_dict().items():
         assert torch.equal(v, before[k][0]) and v.stride() == before[k][1]

@@ -285,12 +285,19 @@ def test_existing_outputs_need_overwrite_and_own_outputs_are_skipped(tmp_path, c
     first = set(_files(d))
     assert {"a_prob.tif", "a_labels.tif", "a_overlay.png"} <= first
     stamp = (d / "a_prob.tif").stat().st_mtime_ns
-    _fails(capsys, args, "a_prob.tif", "--overwrite")          # would replace: refused
+    capsys.readouterr()
+    assert main(args) == 0                                      # done before: skipped, kept
+    assert "skipped, its outputs exist" in capsys.readouterr().out
+    assert (d / "a_prob.tif").stat().st_mtime_ns == stamp
+    _fails(capsys, args + ["--method", "components", "--format", "zarr"], "--overwrite")
+    (d / "a_labels.tif").unlink()                               # only some outputs exist:
+    _fails(capsys, args, "a_prob.tif", "--overwrite")           # replacing them is refused
     assert (d / "a_prob.tif").stat().st_mtime_ns == stamp
     assert main(args + ["--overwrite"]) == 0
     out = capsys.readouterr().out
-    assert "skipped 3 file(s)" in out              # a_prob.tif, a_labels.tif, a_overlay.png
+    assert "skipped 2 file(s)" in out                       # a_prob.tif, a_overlay.png
     assert set(_files(d)) == first                              # no a_prob_prob.tif & co.
+    assert (d / "a_prob.tif").stat().st_mtime_ns != stamp      # replaced, as asked
     predicted = {ln.split(" -> ")[0] for ln in out.splitlines() if " -> " in ln}
     assert predicted == {str(d / "a.png")}
     _fails(capsys, ["predict", str(model), str(d / "a.png"), "--out", ""], "--out", "empty")

@@ -71,7 +71,7 @@ __all__ = ["predict_dask", "predict_to_zarr", "run_dask_predict", "lazy_normaliz
 _DEFAULT_CHUNK = 1024
 
 
-# ============================================================================ model, once per worker
+# ======================================================================= model, once per worker
 _MODEL_CACHE: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
 _MODEL_LOADS: collections.Counter = collections.Counter()
 _MODEL_LOCK = threading.Lock()
@@ -103,7 +103,8 @@ def _model_payload(model) -> tuple[_ModelPayload, Any]:
                     "state_dict": state, "meta": {}}, buf)
         blob = buf.getvalue()
     else:
-        raise UnetlabError(f"model: expected a model file path or a UNet, got {type(model).__name__}")
+        raise UnetlabError(f"model: expected a model file path or a UNet, got "
+                           f"{type(model).__name__}")
     key = hashlib.sha256(blob).hexdigest()[:16]
     return _ModelPayload(key, blob), net
 
@@ -186,7 +187,8 @@ def _chunk_task(block: np.ndarray, *, payload: _ModelPayload, halo: int,
             def read(rect, frame=frame):
                 a, b, c, d = rect[0] - fy, rect[1] - fy, rect[2] - fx, rect[3] - fx
                 if a < 0 or c < 0 or b > frame.shape[-2] or d > frame.shape[-1]:
-                    raise AssertionError("tile reaches outside the chunk's halo")  # pragma: no cover
+                    # pragma: no cover - the halo covers every tile's input
+                    raise AssertionError("tile reaches outside the chunk's halo")
                 return frame[:, a:b, c:d]
 
             engine.predict_region(read, image_shape, (y0, y0 + h, x0, x0 + w), out[s],
@@ -343,7 +345,7 @@ def predict_dask(model, array, tile_size=None, tta: bool = False, *, chunk: int 
     return pred if stack else pred[0]
 
 
-# ============================================================================ zarr output, resumable
+# ======================================================================= zarr output, resumable
 def _open_out_array(out: str, name: str):
     import zarr
 
@@ -522,7 +524,8 @@ def run_dask_predict(model_path, input, out, *, scheduler: str | None = None,
             else:
                 client = Client(str(scheduler), timeout="30s")
         except (OSError, TimeoutError) as e:
-            raise UnetlabError(f"--scheduler {scheduler}: cannot connect ({_first_line(e)})") from None
+            raise UnetlabError(f"--scheduler {scheduler}: cannot connect "
+                               f"({_first_line(e)})") from None
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))
         torch_threads = None
     else:

@@ -201,10 +201,12 @@ def _outputs_of(stem: str, out_dir: Path, S: int | None, K: int, small: bool,
 
 
 def plan_outputs(inputs: Sequence[Path], out_dir: Path, in_channels: int, num_classes: int,
-                 opts: PredictOptions) -> list[Job]:
+                 opts: PredictOptions, log: Callable[[str], None] = print) -> list[Job]:
     """Open every input (headers only where possible) and name every output; refuse, before
-    anything is written, an output that is one of the inputs, two inputs writing the same
-    file, and an existing output without ``opts.overwrite``."""
+    anything is written, an output that is one of the inputs and two inputs writing the same
+    file. Without ``opts.overwrite``, an input whose outputs all exist (an earlier, complete
+    run: files are renamed into place only when complete) is skipped with a note, and one with
+    only some of them is refused."""
     jobs = []
     for path, stem in zip(inputs, _unique_stems(inputs)):
         src = open_image(path, in_channels)
@@ -215,11 +217,25 @@ def plan_outputs(inputs: Sequence[Path], out_dir: Path, in_channels: int, num_cl
         outs = _outputs_of(stem, out_dir, src.shape[0] if src.stack else None, num_classes,
                            small, opts)
         jobs.append(Job(path, stem, src, outs, small))
-    _check_collisions(jobs, opts)
-    return jobs
+    _check_collisions(jobs)
+    return [j for j in jobs if opts.overwrite or not _already_done(j, opts, log)]
 
 
-def _check_collisions(jobs: list[Job], opts: PredictOptions) -> None:
+def _already_done(job: Job, opts: PredictOptions, log) -> bool:
+    """True (and a note) when every output of ``job`` exists; an error when only some do
+    (a Dask zarr that exists is resumed, not replaced, so it does not count)."""
+    if all(o.exists() for o in job.outputs):
+        log(f"{job.path}: skipped, its outputs exist in {job.outputs[0].parent} (pass "
+            "--overwrite to predict it again)")
+        return True
+    for o in job.outputs:
+        if o.exists() and not (opts.dask and o.suffix == ".zarr"):
+            raise UnetlabError(f"{o}: exists; pass --overwrite to replace it, or choose "
+                               "another --out")
+    return False
+
+
+def _check_collisions(jobs: list[Job]) -> None:
     inputs = {j.path.resolve(): j.path for j in jobs}
     owner: dict[Path, Path] = {}
     for j in jobs:
@@ -232,10 +248,6 @@ def _check_collisions(jobs: list[Job], opts: PredictOptions) -> None:
                 raise UnetlabError(f"{o}: written for both {owner[real]} and {j.path}; "
                                    "rename one of them")
             owner[real] = j.path
-            resumable = opts.dask and o.suffix == ".zarr"
-            if o.exists() and not opts.overwrite and not resumable:
-                raise UnetlabError(f"{o}: exists; pass --overwrite to replace it, or choose "
-                                   "another --out")
 
 
 # ----------------------------------------------------------------------------- the run
@@ -264,7 +276,9 @@ def predict_files(model, inputs: Sequence[str | Path], out_dir: str | Path,
     device = resolve_device(opts.device or "auto")
     net = load_model(model) if isinstance(model, (str, Path)) else model
     jobs = plan_outputs(list_inputs(inputs, out_dir, log), out_dir, int(net.in_channels),
-                        int(net.num_classes), opts)
+                        int(net.num_classes), opts, log)
+    if not jobs:
+        return []
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -22,8 +22,8 @@ import numpy as np
 
 from .errors import UnetlabError
 
-__all__ = ["ImageSource", "NormalizedView", "open_image", "from_array", "canonical_axes", "lazy_tiff",
-           "source_stats", "normalize_block", "LAZY_PIXELS"]
+__all__ = ["ImageSource", "NormalizedView", "open_image", "from_array", "canonical_axes",
+           "lazy_tiff", "source_stats", "normalize_block", "LAZY_PIXELS"]
 
 #: TIFF images with more pixels than this are read lazily (memmap or zarr over the TIFF).
 LAZY_PIXELS = 1 << 26
@@ -232,7 +232,8 @@ def _ome_level0(group, where: str):
         try:
             return group[ds_path], names
         except KeyError:
-            raise UnetlabError(f"{where}: OME-Zarr level 0 dataset {ds_path!r} is missing") from None
+            raise UnetlabError(f"{where}: OME-Zarr level 0 dataset {ds_path!r} is "
+                               "missing") from None
     arrays = [k for k, _ in group.arrays()]
     if len(arrays) == 1:
         return group[arrays[0]], None
