@@ -223,21 +223,26 @@ def test_interrupted_write_leaves_nothing_complete(tmp_path, capsys, monkeypatch
 
 
 def test_seed_h_reaches_the_watershed(tmp_path, capsys):
-    """--seed-h is passed to postprocess.to_instances(h=...): the labels equal a direct call."""
+    """--seed-h is passed to postprocess.to_instances(h=...): the labels equal a direct call
+    with h=1 and differ from the default h=2 (so the test fails if the option is ignored)."""
     import imageio.v3 as iio
 
     from unetlab.postprocess import to_instances
 
     model = _model(tmp_path / "model.pt")
-    img = _cells()
-    iio.imwrite(tmp_path / "a.png", img)
+    iio.imwrite(tmp_path / "a.png", _cells((90, 100)))
     out = tmp_path / "out"
-    rc = main(["predict", str(model), str(tmp_path / "a.png"), "--out", str(out),
-               "--instances", "--tile", "60", "--quiet", "--seed-h", "1", "--no-overlay"])
-    assert rc == 0, capsys.readouterr().err
+    base = ["predict", str(model), str(tmp_path / "a.png"), "--out", str(out), "--tile", "60",
+            "--quiet", "--no-overlay"]
+    assert main(base) == 0, capsys.readouterr().err
     prob = tifffile.imread(out / "a_prob.tif")
+    thr = float(np.median(prob))               # a foreground of many touching blobs
+    by_h = {h: to_instances(prob, threshold=thr, h=h) for h in (1.0, 2.0)}
+    assert by_h[1.0].max() > by_h[2.0].max() > 0          # h matters on this map
+    rc = main(base + ["--instances", "--seed-h", "1", "--threshold", str(thr), "--overwrite"])
+    assert rc == 0, capsys.readouterr().err
     lab = tifffile.imread(out / "a_labels.tif")
-    assert np.array_equal(lab, to_instances(prob, h=1.0))
+    assert np.array_equal(lab, by_h[1.0])
     assert main(["predict", str(model), str(tmp_path / "a.png"), "--out", str(out),
                  "--seed-h", "nan"]) == 2
     assert "--seed-h" in capsys.readouterr().err
