@@ -137,7 +137,7 @@ class NetRunner:
         return torch.softmax(logits.float(), dim=1)
 
 
-def resolve_device(net, device) -> torch.device:
+def _network_device(net, device) -> torch.device:
     """``device`` as a torch.device (None: where the network's weights are)."""
     if device is None:
         return next(net.parameters()).device
@@ -255,7 +255,7 @@ def make_runner(net, device, *, precision: str = "fp32", channels_last: bool | N
     """A :class:`NetRunner` with the precision resolved for ``device`` ("auto": bf16 where the
     device computes it natively) and channels-last chosen for CPU tiles of at least
     :data:`CHANNELS_LAST_MIN_PIXELS` pixels when ``channels_last`` is None."""
-    device = resolve_device(net, device)
+    device = _network_device(net, device)
     if channels_last is None:
         # oneDNN's channels-last kernels are faster on realistic tiles but have a fixed cost
         # that dominates tiny ones
