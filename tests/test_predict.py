@@ -260,3 +260,33 @@ def test_normalize_default_matches_the_data_module():
     manual = (raw.astype(np.float64) - stats[0, 0]) / (stats[0, 1] - stats[0, 0])
     assert np.abs(predict_tiled(net, raw, normalize=stats)
                   - predict_tiled(net, manual.astype(np.float32), normalize=False)).max() < TOL
+
+
+@pytest.mark.parametrize("shape,axes,cin,canon,stack", [
+    ((20, 30), "YX", 1, lambda a: a[None, None], False),
+    ((20, 30, 3), "YXS", 3, lambda a: np.moveaxis(a, -1, 0)[None], False),
+    ((3, 20, 30), "SYX", 3, lambda a: a[None], False),
+    ((4, 20, 30), "QYX", 1, lambda a: a[:, None], True),
+    ((2, 3, 20, 30), "QSYX", 3, lambda a: a, True),
+    ((1, 2, 20, 30, 3), "TZYXS", 3, lambda a: np.moveaxis(a[0], -1, 1), True),
+])
+def test_sources_read_the_axes_the_file_declares(shape, axes, cin, canon, stack):
+    """sources.ImageSource is a lazy (S, C, H, W) view through the declared axes; blocks read
+    through it equal the same block of the array moved to that layout."""
+    from unetlab.sources import ImageSource, canonical_axes
+
+    a = np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape)
+    amap, is_stack = canonical_axes(shape, [c.lower() for c in axes], cin, "x")
+    src = ImageSource(a, amap, is_stack)
+    ref = canon(a)
+    assert src.shape == ref.shape and is_stack == stack
+    assert np.array_equal(src[:, :, 3:17, 5:29], ref[:, :, 3:17, 5:29])
+    assert np.array_equal(src[ref.shape[0] - 1, :, ::3, ::2], ref[-1, :, ::3, ::2])
+    assert np.array_equal(src[0, 0], ref[0, 0])
+
+
+def test_sources_refuse_two_slice_axes():
+    from unetlab.sources import canonical_axes
+
+    with pytest.raises(UnetlabError, match="more than one slice axis"):
+        canonical_axes((2, 3, 20, 30), ["t", "z", "y", "x"], 1, "f.tif")

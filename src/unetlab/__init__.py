@@ -29,12 +29,14 @@ _EXPORTS = {
     "train": "training",
     "TrainConfig": "training",
     "predict_tiled": "predict",
+    "predict_files": "prediction_io",
+    "open_image": "sources",
     "predict_dask": "dask_predict",
     "to_instances": "postprocess",
 }
 _SUBMODULES = {"model", "weights", "augment", "data", "synthetic", "loss", "training", "tiling",
                "predict", "postprocess", "metrics", "report", "checkpoint", "ddp", "dask_predict",
-               "engine", "sources", "distributed",
+               "engine", "sources", "prediction_io", "distributed",
                "errors", "atomic", "cli"}
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
