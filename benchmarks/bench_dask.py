@@ -50,7 +50,7 @@ def _baseline(model: str, src: str, out: str, q) -> None:
     res = zarr.open_array(out, mode="w", shape=(2, SIZE, SIZE), chunks=(2, CHUNK, CHUNK),
                           dtype="float32")
     t0 = time.perf_counter()
-    predict_tiled(net, img, out=res)
+    predict_tiled(net, img, out=res, normalize=False)
     q.put((time.perf_counter() - t0, _peak_mib()))
 
 
@@ -61,7 +61,7 @@ def _worker_peak() -> float:
 def _dask_run(model: str, src: str, out: str, workers: int) -> tuple[float, list[float]]:
     from distributed import Client, LocalCluster
 
-    from unetlab.distributed import predict_to_zarr
+    from unetlab.dask_predict import predict_to_zarr
 
     cores = os.cpu_count() or 1
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,

@@ -76,9 +76,10 @@ def _speed() -> None:
                 return torch.softmax(y, 1)
 
         cases["monai sliding_window_inference"] = (monai_run, "roi 512², overlap 0.25, gaussian")
-    cases["unetlab predict_tiled"] = (lambda: predict_tiled(net, img),
+    cases["unetlab predict_tiled"] = (lambda: predict_tiled(net, img, normalize=False),
                                       f"auto tile {tile[0]}² (valid), channels_last")
-    cases["unetlab predict_tiled tile 572"] = (lambda: predict_tiled(net, img, tile_size=572),
+    cases["unetlab predict_tiled tile 572"] = (lambda: predict_tiled(net, img, tile_size=572,
+                                                                     normalize=False),
                                                "the paper's tile: more context per pixel")
     # the machine is shared: interleave the cases so that load drifts hit all of them alike
     times = {k: [] for k in cases}
@@ -135,7 +136,7 @@ def _profile(net, img) -> None:
     prof = cProfile.Profile()
     t0 = time.perf_counter()
     prof.enable()
-    predict_tiled(net, img)
+    predict_tiled(net, img, normalize=False)
     prof.disable()
     total = time.perf_counter() - t0
     st = pstats.Stats(prof)
@@ -174,7 +175,7 @@ def hwm_kib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 base = hwm_kib()
 t0 = time.perf_counter()
-predict_tiled(net, img, out=out)
+predict_tiled(net, img, out=out, normalize=False)
 dt = time.perf_counter() - t0
 peak = hwm_kib()
 print(json.dumps({"seconds": dt, "peak_kib": peak, "before_kib": base,

@@ -17,7 +17,7 @@ import torch
 
 from unetlab.checkpoint import save_model
 from unetlab.data import normalization_stats, normalize_image
-from unetlab.distributed import (_model_payload, lazy_normalization_stats, model_load_counts,
+from unetlab.dask_predict import (_model_payload, lazy_normalization_stats, model_load_counts,
                                  predict_dask, predict_to_zarr, run_dask_predict)
 from unetlab.errors import UnetlabError
 from unetlab.model import UNet
@@ -182,7 +182,7 @@ def _chunk_files(out: Path) -> dict[str, int]:
 def test_zarr_output_resumes_only_missing_chunks(client, tmp_path, image):
     net = _net(seed=8)
     out = tmp_path / "pred.zarr"
-    ref = predict_tiled(net, image)
+    ref = predict_tiled(net, image, normalize=False)
     res = predict_to_zarr(net, image, out, chunk=CHUNK, normalize=False, client=client)
     assert res["total"] == 9 and len(res["computed"]) == 9 and res["skipped"] == 0
     g = zarr.open_group(str(out), mode="r")
@@ -238,7 +238,7 @@ def test_failed_run_then_rerun_completes(tmp_path, image):
     assert len(res["computed"]) == 9 - done_before
     g = zarr.open_group(str(out), mode="r")
     assert g.attrs["unetlab"]["complete"] is True
-    assert np.abs(g["probabilities"][...] - predict_tiled(net, image)).max() < TOL
+    assert np.abs(g["probabilities"][...] - predict_tiled(net, image, normalize=False)).max() < TOL
 
 
 def test_run_dask_predict_on_existing_scheduler(client, tmp_path, image):
@@ -251,7 +251,7 @@ def test_run_dask_predict_on_existing_scheduler(client, tmp_path, image):
     out = run_dask_predict(mpath, src, tmp_path / "out.zarr", scheduler=client.scheduler.address,
                            chunk=CHUNK, normalize=False, progress=False)
     got = zarr.open_group(str(out), mode="r")["probabilities"][...]
-    assert np.abs(got - predict_tiled(net, image)).max() < TOL
+    assert np.abs(got - predict_tiled(net, image, normalize=False)).max() < TOL
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, image):
@@ -283,3 +283,37 @@ def test_run_dask_predict_starts_a_local_cluster(tmp_path, image, capsys):
     assert "9 chunk(s) computed" in capsys.readouterr().out
     got = zarr.open_group(str(out), mode="r")["probabilities"][...]
     assert np.abs(got - predict_tiled(net, normalize_image(img))).max() < TOL
+
+
+def test_cli_dask_honours_batch_instances_and_overlays(client, tmp_path, image, capsys):
+    """`predict --dask` passes --batch, --tta and the instance options on (they used to be
+    ignored); the zarr output equals predict_tiled and the labels equal a direct call."""
+    import tifffile
+
+    from unetlab.cli import main
+    from unetlab.postprocess import to_instances
+
+    net = _net(seed=12)
+    mpath = tmp_path / "model.pt"
+    save_model(net, mpath)
+    raw = (image * 1000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "img.tif", raw)
+    out = tmp_path / "preds"
+    args = ["predict", str(mpath), str(tmp_path / "img.tif"), "--out", str(out), "--dask",
+            "--scheduler", client.scheduler.address, "--batch", "2", "--instances",
+            "--seed-h", "1", "--precision", "fp32", "--quiet"]
+    assert main(args) == 0, capsys.readouterr().err
+    prob = zarr.open_group(str(out / "img_prob.zarr"), mode="r")["probabilities"][...]
+    assert np.abs(prob - predict_tiled(net, raw)).max() < TOL
+    labels = tifffile.imread(out / "img_labels.tif")
+    assert np.array_equal(labels, to_instances(prob[1], h=1.0))
+    assert (out / "img_overlay.png").exists()
+    capsys.readouterr()
+    assert main(args) == 0                       # all outputs exist: skipped, nothing replaced
+    assert "skipped, its outputs exist" in capsys.readouterr().out
+    (out / "img_overlay.png").unlink()
+    assert main(args) == 2                       # the labels exist: --overwrite needed
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0     # the finished zarr is kept, pictures redone
+    assert main(args[:-6] + ["--workers", "2", "--quiet"]) == 2
+    assert "only one" in capsys.readouterr().err

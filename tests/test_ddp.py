@@ -2,7 +2,7 @@
 averages the two tiles' gradients.
 
 Each rank draws its own tile (a different seed per rank, as the trainer does), the network is
-wrapped with :func:`unetlab.distributed.wrap_ddp`, and a few SGD steps with momentum 0.99 are
+wrapped with :func:`unetlab.ddp.wrap_ddp`, and a few SGD steps with momentum 0.99 are
 taken. The reference, in this process, starts from the same weights and at every step computes
 the gradient of each rank's tile separately, averages the two and takes the same SGD step —
 "effective batch = N × batch" made explicit. The weights must agree within 1e-5.
@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from unetlab.distributed import (WorldInfo, all_reduce_mean, barrier, cleanup, init_distributed,
+from unetlab.ddp import (WorldInfo, all_reduce_mean, barrier, cleanup, init_distributed,
                                  is_main, rank_seed, unwrap, world_info, wrap_ddp)
 from unetlab.loss import weighted_cross_entropy
 from unetlab.model import UNet

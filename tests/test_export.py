@@ -155,3 +155,21 @@ def test_cli_bad_inputs_give_one_line_and_exit_2(tmp_path, capsys, model_file, c
                 "out_parent": "does not exist"}[case]
     assert expected in err
     assert not out.exists()
+
+
+def test_cli_export_never_replaces_the_model_and_needs_overwrite(tmp_path, capsys, model_file):
+    _, path = model_file
+    before = path.read_bytes()
+    assert main(["export", str(path), "--out", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "is the model file itself" in err and len(err.strip().splitlines()) == 1
+    assert main(["export", str(path), "--out", str(path), "--overwrite"]) == 2
+    assert path.read_bytes() == before                      # the model is untouched
+    out = tmp_path / "m.ts"
+    out.write_text("keep me")
+    assert main(["export", str(path), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and out.read_text() == "keep me"
+    assert main(["export", str(path), "--out", str(out), "--overwrite"]) == 0
+    assert torch.jit.load(str(out)) is not None
+    assert main(["export", str(path), "--out", ""]) == 2
+    assert "empty" in capsys.readouterr().err

@@ -10,10 +10,10 @@ import torch
 
 from unetlab.checkpoint import load_model, save_model
 from unetlab.cli import main
-from unetlab.commands.predict import safe_stem
 from unetlab.data import normalize_image
 from unetlab.model import UNet
 from unetlab.predict import predict_tiled
+from unetlab.prediction_io import safe_stem
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -22,6 +22,13 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _fp32(monkeypatch):
+    """--precision auto means fp32 here, so that the CLI can be compared with fp32 references
+    to 1e-5 on a CPU with native bf16 too."""
+    monkeypatch.setenv("UNETLAB_NO_NATIVE_BF16", "1")
 
 
 def _model(path: Path, **kw) -> Path:
@@ -98,20 +105,20 @@ def test_predict_zarr_png_tta_multiclass(tmp_path, capsys):
 
 
 def test_big_tiff_is_read_lazily(tmp_path, monkeypatch):
-    from unetlab.commands import predict as cmd
+    from unetlab import sources
 
     model = _model(tmp_path / "model.pt")
     img = _cells((70, 90)).astype(np.uint16) * 100
     tifffile.imwrite(tmp_path / "big.tif", img, tile=(32, 32), compression="zlib")
-    monkeypatch.setattr(cmd, "LAZY_PIXELS", 100)       # treat it as huge: zarr over the TIFF
+    monkeypatch.setattr(sources, "LAZY_PIXELS", 100)       # treat it as huge: zarr over the TIFF
     opened = {}
-    real = cmd._open_lazy
+    real = sources._LazyTiff._open
 
-    def spy(path):
-        opened["lazy"] = real(path)
+    def spy(self):
+        opened["lazy"] = real(self)
         return opened["lazy"]
 
-    monkeypatch.setattr(cmd, "_open_lazy", spy)
+    monkeypatch.setattr(sources._LazyTiff, "_open", spy)
     assert main(["predict", str(model), str(tmp_path / "big.tif"), "--out", str(tmp_path / "o"),
                  "--quiet", "--tile", "80"]) == 0
     assert "lazy" in opened and not isinstance(opened["lazy"], np.ndarray)
@@ -216,21 +223,188 @@ def test_interrupted_write_leaves_nothing_complete(tmp_path, capsys, monkeypatch
 
 
 def test_seed_h_reaches_the_watershed(tmp_path, capsys):
-    """--seed-h is passed to postprocess.to_instances(h=...): the labels equal a direct call."""
+    """--seed-h is passed to postprocess.to_instances(h=...): the labels equal a direct call
+    with h=1 and differ from the default h=2 (so the test fails if the option is ignored)."""
     import imageio.v3 as iio
 
     from unetlab.postprocess import to_instances
 
     model = _model(tmp_path / "model.pt")
-    img = _cells()
-    iio.imwrite(tmp_path / "a.png", img)
+    iio.imwrite(tmp_path / "a.png", _cells((90, 100)))
     out = tmp_path / "out"
-    rc = main(["predict", str(model), str(tmp_path / "a.png"), "--out", str(out),
-               "--instances", "--tile", "60", "--quiet", "--seed-h", "1", "--no-overlay"])
-    assert rc == 0, capsys.readouterr().err
+    base = ["predict", str(model), str(tmp_path / "a.png"), "--out", str(out), "--tile", "60",
+            "--quiet", "--no-overlay"]
+    assert main(base) == 0, capsys.readouterr().err
     prob = tifffile.imread(out / "a_prob.tif")
+    thr = float(np.median(prob))               # a foreground of many touching blobs
+    by_h = {h: to_instances(prob, threshold=thr, h=h) for h in (1.0, 2.0)}
+    assert by_h[1.0].max() > by_h[2.0].max() > 0          # h matters on this map
+    rc = main(base + ["--instances", "--seed-h", "1", "--threshold", str(thr), "--overwrite"])
+    assert rc == 0, capsys.readouterr().err
     lab = tifffile.imread(out / "a_labels.tif")
-    assert np.array_equal(lab, to_instances(prob, h=1.0))
+    assert np.array_equal(lab, by_h[1.0])
     assert main(["predict", str(model), str(tmp_path / "a.png"), "--out", str(out),
                  "--seed-h", "nan"]) == 2
     assert "--seed-h" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ never lose a user's work
+def test_outputs_never_replace_inputs_or_each_other(tmp_path, capsys):
+    import imageio.v3 as iio
+
+    model = _model(tmp_path / "model.pt")
+    d = tmp_path / "in"
+    d.mkdir()
+    iio.imwrite(d / "a.png", _cells())
+    tifffile.imwrite(d / "a_prob.tif", np.ones((8, 8), np.float32))    # the user's own file
+    before = (d / "a_prob.tif").read_bytes()
+    # a.png's output would be in/a_prob.tif, which is also an input: refused, nothing written
+    _fails(capsys, ["predict", str(model), str(d / "a.png"), str(d / "a_prob.tif"),
+                    "--out", str(d), "--quiet"], "a_prob.tif", "replace the input")
+    assert (d / "a_prob.tif").read_bytes() == before and sorted(_files(d)) == ["a.png",
+                                                                             "a_prob.tif"]
+    # two inputs whose names sanitise to the same stem get distinct outputs
+    for sub in ("x", "y"):
+        (tmp_path / sub).mkdir()
+        iio.imwrite(tmp_path / sub / "c d.png", _cells(seed=ord(sub)))
+    iio.imwrite(tmp_path / "x" / "c_d_2.png", _cells(seed=7))    # would collide with a counter
+    out = tmp_path / "out"
+    assert main(["predict", str(model), str(tmp_path / "x" / "c d.png"),
+                 str(tmp_path / "y" / "c d.png"), str(tmp_path / "x" / "c_d_2.png"),
+                 "--out", str(out), "--quiet", "--no-overlay"]) == 0
+    probs = sorted(n for n in _files(out) if n.endswith("_prob.tif"))
+    assert probs == ["c_d_2_prob.tif", "c_d_3_prob.tif", "c_d_prob.tif"]
+    a, b = (tifffile.imread(out / n) for n in ("c_d_prob.tif", "c_d_3_prob.tif"))
+    assert np.abs(a - b).max() > 1e-3                      # two different images, both kept
+
+
+def test_existing_outputs_need_overwrite_and_own_outputs_are_skipped(tmp_path, capsys):
+    import imageio.v3 as iio
+
+    model = _model(tmp_path / "model.pt")
+    d = tmp_path / "imgs"
+    d.mkdir()
+    iio.imwrite(d / "a.png", _cells())
+    args = ["predict", str(model), str(d), "--out", str(d), "--quiet", "--instances"]
+    assert main(args) == 0
+    first = set(_files(d))
+    assert {"a_prob.tif", "a_labels.tif", "a_overlay.png"} <= first
+    stamp = (d / "a_prob.tif").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(args) == 0                                      # done before: skipped, kept
+    assert "skipped, its outputs exist" in capsys.readouterr().out
+    assert (d / "a_prob.tif").stat().st_mtime_ns == stamp
+    _fails(capsys, args + ["--method", "components", "--format", "zarr"], "--overwrite")
+    (d / "a_labels.tif").unlink()                               # only some outputs exist:
+    _fails(capsys, args, "a_prob.tif", "--overwrite")           # replacing them is refused
+    assert (d / "a_prob.tif").stat().st_mtime_ns == stamp
+    assert main(args + ["--overwrite"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped 2 file(s)" in out                       # a_prob.tif, a_overlay.png
+    assert set(_files(d)) == first                              # no a_prob_prob.tif & co.
+    assert (d / "a_prob.tif").stat().st_mtime_ns != stamp      # replaced, as asked
+    predicted = {ln.split(" -> ")[0] for ln in out.splitlines() if " -> " in ln}
+    assert predicted == {str(d / "a.png")}
+    _fails(capsys, ["predict", str(model), str(d / "a.png"), "--out", ""], "--out", "empty")
+
+
+def test_options_that_would_be_ignored_are_errors(tmp_path, capsys):
+    import imageio.v3 as iio
+
+    model = _model(tmp_path / "model.pt")
+    iio.imwrite(tmp_path / "a.png", _cells())
+    base = ["predict", str(model), str(tmp_path / "a.png"), "--out", str(tmp_path / "o")]
+    _fails(capsys, base + ["--workers", "2"], "--workers", "--dask")
+    _fails(capsys, base + ["--scheduler", "tcp://x:1"], "--scheduler", "--dask")
+    _fails(capsys, base + ["--dask", "--format", "tif"], "--dask", "zarr")
+    _fails(capsys, base + ["--threads", "-1"], "--threads")
+    _fails(capsys, base + ["--device", "tpu"], "--device")
+    assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------ read what the file says
+def test_tiff_axes_samples_last_and_multi_series(tmp_path, capsys):
+    img5 = np.stack([_cells(seed=s) for s in range(5)], -1)           # (H, W, 5)
+    f = tmp_path / "five.tif"
+    tifffile.imwrite(f, img5, photometric="minisblack", planarconfig="contig")
+    with tifffile.TiffFile(f) as tf:
+        assert tf.series[0].axes == "YXS"
+    # a 1-channel model: 5 channels, not 45 slices of 52 x 5
+    _fails(capsys, ["predict", str(_model(tmp_path / "m1.pt")), str(f), "--out",
+                    str(tmp_path / "o")], "five.tif", "5 channel")
+    m5 = _model(tmp_path / "m5.pt", in_channels=5)
+    assert main(["predict", str(m5), str(f), "--out", str(tmp_path / "o"), "--quiet",
+                 "--no-overlay", "--tile", "60"]) == 0
+    prob = tifffile.imread(tmp_path / "o" / "five_prob.tif")
+    assert prob.shape == img5.shape[:2]
+    ref = predict_tiled(load_model(m5), np.moveaxis(img5, -1, 0), tile_size=60)[1]
+    assert np.abs(prob - ref).max() < 1e-5
+    two = tmp_path / "two.tif"
+    tifffile.imwrite(two, _cells())
+    tifffile.imwrite(two, _cells((20, 20)), append=True)
+    _fails(capsys, ["predict", str(_model(tmp_path / "m1.pt")), str(two), "--out",
+                    str(tmp_path / "o2")], "two.tif", "2 image series")
+
+
+def test_finite_extremes_give_finite_probabilities(tmp_path, capsys):
+    model = _model(tmp_path / "model.pt")
+    img = np.where(_cells() > 100, 3e38, -3e38).astype(np.float32)
+    tifffile.imwrite(tmp_path / "x.tif", img)
+    assert main(["predict", str(model), str(tmp_path / "x.tif"), "--out", str(tmp_path / "o"),
+                 "--quiet", "--no-overlay"]) == 0
+    prob = tifffile.imread(tmp_path / "o" / "x_prob.tif")
+    assert np.isfinite(prob).all() and prob.min() >= 0 and prob.max() <= 1
+    direct = predict_tiled(load_model(model), img)
+    assert np.isfinite(direct).all()
+
+
+# ------------------------------------------------------------------ the API does what the CLI does
+def test_api_equals_cli_on_the_same_file(tmp_path, capsys):
+    from unetlab.prediction_io import predict_files
+
+    model = _model(tmp_path / "model.pt")
+    raw = (_cells((70, 90)).astype(np.uint16) * 37)
+    tifffile.imwrite(tmp_path / "raw.tif", raw)
+    assert main(["predict", str(model), str(tmp_path / "raw.tif"), "--out", str(tmp_path / "o"),
+                 "--quiet", "--no-overlay", "--tta", "--format", "zarr"]) == 0
+    import zarr
+
+    cli = np.asarray(zarr.open_array(str(tmp_path / "o" / "raw_prob.zarr"), mode="r")[...])
+    api = predict_tiled(load_model(model), raw, tta=True)       # raw uint16, normalised inside
+    assert api.shape == (2,) + raw.shape
+    assert np.abs(api - cli).max() <= 1e-6
+    written = predict_files(model, [tmp_path / "raw.tif"], tmp_path / "p", tta=True,
+                            format="zarr", overlays=False, progress=False)
+    assert [f.name for _, f in written] == ["raw_prob.zarr"]
+    again = np.asarray(zarr.open_array(str(tmp_path / "p" / "raw_prob.zarr"), mode="r")[...])
+    assert np.abs(again - cli).max() <= 1e-6
+    # README: a (1, H, W) normalised image gives (K, H, W), not (1, K, H, W)
+    one = predict_tiled(load_model(model), normalize_image(raw), normalize=False)
+    assert one.shape == (2,) + raw.shape
+
+
+def test_zarr_folder_is_one_input(tmp_path, capsys):
+    import zarr
+
+    model = _model(tmp_path / "model.pt")
+    img = _cells((50, 61))
+    zarr.open_array(str(tmp_path / "img.zarr"), mode="w", shape=img.shape, chunks=(32, 32),
+                    dtype="uint8")[...] = img
+    assert main(["predict", str(model), str(tmp_path / "img.zarr"), "--out",
+                 str(tmp_path / "o"), "--quiet", "--no-overlay"]) == 0
+    prob = tifffile.imread(tmp_path / "o" / "img_prob.tif")
+    assert np.abs(prob - predict_tiled(load_model(model), img)[1]).max() < 1e-5
+
+
+def test_precision_and_threads_are_chosen_and_said(tmp_path, capsys, monkeypatch):
+    import imageio.v3 as iio
+
+    model = _model(tmp_path / "model.pt")
+    iio.imwrite(tmp_path / "a.png", _cells())
+    assert main(["predict", str(model), str(tmp_path / "a.png"), "--out", str(tmp_path / "o"),
+                 "--quiet", "--no-overlay", "--threads", "1", "--precision", "bf16"]) == 0
+    out = capsys.readouterr().out
+    assert "threads: 1 thread(s) as asked (--threads)" in out and "precision: bf16" in out
+    bf = tifffile.imread(tmp_path / "o" / "a_prob.tif")
+    ref = predict_tiled(load_model(model), iio.imread(tmp_path / "a.png"))[1]
+    assert 0 < np.abs(bf - ref).max() <= 2e-2

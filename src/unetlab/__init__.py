@@ -29,15 +29,18 @@ _EXPORTS = {
     "train": "training",
     "TrainConfig": "training",
     "predict_tiled": "predict",
-    "predict_dask": "distributed",
+    "predict_files": "prediction_io",
+    "open_image": "sources",
+    "predict_dask": "dask_predict",
     "to_instances": "postprocess",
     "label_to_instances": "data",
     "normalize_image": "data",
     "evaluate": "evaluation",
 }
 _SUBMODULES = {"model", "weights", "augment", "data", "synthetic", "loss", "training", "tiling",
-               "predict", "postprocess", "metrics", "report", "checkpoint", "distributed",
-               "errors", "atomic", "cli", "evaluation", "writers", "elastic"}
+               "predict", "postprocess", "metrics", "report", "checkpoint", "ddp", "dask_predict",
+               "engine", "sources", "prediction_io", "hardware", "bioimageio", "errors",
+               "atomic", "cli", "evaluation", "writers", "elastic"}
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

@@ -90,7 +90,11 @@ def _quiet():
         yield
 
 
-def _check_out(out: str | os.PathLike) -> Path:
+def _check_out(out: str | os.PathLike, overwrite: bool = True) -> Path:
+    """``out`` as a writable file path: not empty, not a folder, in an existing writable
+    folder, and (unless ``overwrite``) not an existing file."""
+    if str(out).strip() == "":
+        raise UnetlabError("--out: empty file name")
     out = Path(out)
     if out.is_dir():
         raise UnetlabError(f"{out}: is a folder, expected an output file name")
@@ -99,6 +103,9 @@ def _check_out(out: str | os.PathLike) -> Path:
         raise UnetlabError(f"{out}: the folder {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UnetlabError(f"{out}: cannot write in folder {parent} (permission denied)")
+    if out.exists() and not overwrite:
+        raise UnetlabError(f"{out}: exists; pass --overwrite to replace it, or choose another "
+                           "--out")
     return out
 
 
@@ -187,17 +194,23 @@ def _check_torch_file(path: Path) -> None:
 
 def export_model(model: str | os.PathLike | UNet, out: str | os.PathLike,
                  format: str = "torchscript", probabilities: bool = False,
-                 trace_size: int | None = None) -> Path:
+                 trace_size: int | None = None, overwrite: bool = True) -> Path:
     """Export ``model`` (a :class:`UNet` or a unetlab model/checkpoint file) to ``out``.
 
-    ``format``: ``"torchscript"`` or ``"onnx"``. Bad input (not a model file, unknown format,
-    unwritable output, missing onnx extra) raises :class:`UnetlabError` with one line.
+    ``format``: ``"torchscript"`` or ``"onnx"``. ``out`` may never be the model file itself;
+    an existing ``out`` is replaced only when ``overwrite`` (the command line asks for
+    ``--overwrite``). Bad input (not a model file, unknown format, unwritable output, missing
+    onnx extra) raises :class:`UnetlabError` with one line.
     """
     if format not in FORMATS:
         raise UnetlabError(f"--format: unknown export format {format!r} "
                            f"(choose from {', '.join(FORMATS)})")
     if not isinstance(model, UNet):
+        if Path(out).exists() and Path(model).exists() and Path(out).resolve() == \
+                Path(model).resolve():
+            raise UnetlabError(f"--out {out}: is the model file itself; choose another --out")
         _check_torch_file(Path(model))
+    _check_out(out, overwrite)
     net = model if isinstance(model, UNet) else load_model(model)
     if format == "torchscript":
         return export_torchscript(net, out, probabilities, trace_size)

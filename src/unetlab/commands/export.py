@@ -6,6 +6,7 @@ import argparse
 HELP = "export a trained model as TorchScript or ONNX"
 DESCRIPTION = """\
 Export a unetlab model (model.pt, best.pt or checkpoint.pt) for use without unetlab.
+The output is never the model file itself; an existing output is replaced only with --overwrite.
 
 The exported graph takes (N, C, H, W) float32 images (normalised as unetlab does) and returns
 logits (N, K, H_out, W_out), or class probabilities with --probabilities. Height and width are
@@ -27,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="torchscript", metavar="FORMAT",
                    help="torchscript (default) or onnx")
     p.add_argument("--out", required=True, metavar="FILE", help="output file (written atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--probabilities", action="store_true",
                    help="bake the pixel-wise soft-max into the graph (output probabilities)")
     p.add_argument("--trace-size", type=int, default=None, metavar="N",
@@ -44,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         raise UnetlabError(f"--trace-size: must be between 1 and {MAX_TRACE_SIZE} pixels "
                            f"(the graph accepts any valid size anyway), got {args.trace_size}")
     out = export_model(args.model, args.out, format=args.format,
-                       probabilities=args.probabilities, trace_size=args.trace_size)
+                       probabilities=args.probabilities, trace_size=args.trace_size,
+                       overwrite=args.overwrite)
     print(f"wrote {out} ({args.format})")
     return 0

@@ -1,0 +1,211 @@
+"""Writing one input's prediction (for :func:`unetlab.prediction_io.predict_files`): the
+probability map streamed into a TIFF memmap or a zarr array as the tiles are computed (memory
+does not grow with the image), or a PNG; then instance labels and overlay pictures.
+
+Every file is written under a temporary name and renamed when complete
+(:mod:`unetlab.atomic`); an interrupted run leaves no partial output.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .sources import NormalizedView
+
+__all__ = ["predict_job", "overlay", "ClassSelect", "PICTURE_PIXELS", "MAX_OVERLAYS"]
+
+#: Overlays and instances are made only for images up to this many pixels per slice.
+PICTURE_PIXELS = 1 << 26
+#: Overlay pictures written per stack at most.
+MAX_OVERLAYS = 16
+
+
+class ClassSelect:
+    """An ``out`` for :func:`unetlab.predict.predict_tiled` that keeps only class ``k`` of its
+    (…, K, h, w) writes in ``target`` (…, h, w): the 2-class TIFF stores P(class 1) only."""
+
+    def __init__(self, target, k: int, K: int, stack: bool):
+        self.target, self.k, self.K, self.stack = target, k, K, stack
+        ts = tuple(target.shape)
+        self.shape = ts[:1] + (K,) + ts[1:] if stack else (K,) + ts
+
+    def _tkey(self, key):
+        return key[:1] + key[2:] if self.stack else key[1:]
+
+    def __setitem__(self, key, value):
+        value = np.asarray(value, dtype=np.float32)
+        self.target[self._tkey(key)] = value if value.ndim == 0 else value[self.k]
+
+    def __getitem__(self, key):
+        v = np.asarray(self.target[self._tkey(key)])
+        full = np.zeros((self.K,) + v.shape, dtype=np.float32)
+        full[self.k] = v
+        return full
+
+
+def _foreground(arr, stack: bool) -> np.ndarray:
+    """P(class 1) in memory: (S, H, W) for a stack, (H, W) else, from (…, K, H, W)."""
+    return np.asarray(arr[:, 1] if stack else arr[1])
+
+
+def _predict_tif(net, view, final: Path, kw: dict, want_fg: bool):
+    import tifffile
+
+    from . import predict as pr
+    from .atomic import atomic_path
+
+    S, _, H, W = view.shape
+    K = int(net.num_classes)
+    two = K == 2
+    shape = ((S, H, W) if two else (S, K, H, W)) if view.stack else ((H, W) if two else (K, H, W))
+    with atomic_path(final) as tmp:
+        mm = tifffile.memmap(tmp, shape=shape, dtype=np.float32, photometric="minisblack",
+                             bigtiff=4 * int(np.prod(shape)) > 2**31)
+        target = ClassSelect(mm, 1, K, view.stack) if two else mm
+        pr.predict_tiled(net, view, out=target, **kw)
+        mm.flush()
+        fg = None
+        if want_fg:
+            fg = np.array(mm) if two else _foreground(mm, view.stack)
+        del mm, target
+    return [final], fg
+
+
+def _predict_png(net, view, outputs: list[Path], kw: dict):
+    from . import predict as pr
+    from .writers import write_png
+
+    prob = pr.predict_tiled(net, view, **kw)
+    K = int(net.num_classes)
+    planes = [1] if K == 2 else list(range(K))
+    pngs = iter(p for p in outputs if p.name.endswith(".png") and "_prob" in p.name)
+    written = []
+    for k in planes:
+        p8 = np.round(np.clip(prob[:, k] if view.stack else prob[k], 0, 1) * 255).astype(np.uint8)
+        for page in (p8 if view.stack else [p8]):
+            f = next(pngs)
+            write_png(f, page)
+            written.append(f)
+    return written, _foreground(prob, view.stack)
+
+
+def _predict_zarr(net, view, final: Path, kw: dict, attrs: dict, want_fg: bool):
+    import zarr
+
+    from . import predict as pr
+
+    S, _, H, W = view.shape
+    shape = ((S,) if view.stack else ()) + (int(net.num_classes), H, W)
+    chunks = (1,) * (len(shape) - 2) + (min(H, 1024), min(W, 1024))
+    tmp = final.parent / f".{final.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    arr = zarr.open_array(store=str(tmp), mode="w", shape=shape, chunks=chunks,
+                          dtype="float32", fill_value=0.0)
+    arr.attrs["unetlab"] = dict(attrs, complete=False)
+    try:
+        pr.predict_tiled(net, view, out=arr, **kw)
+        arr.attrs["unetlab"] = dict(attrs, complete=True)    # the marker, written last
+        _replace_folder(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return [final], (_foreground(zarr.open_array(str(final), mode="r"), view.stack)
+                     if want_fg else None)
+
+
+def _replace_folder(tmp: Path, final: Path) -> None:
+    """Rename the folder ``tmp`` onto ``final``, replacing an existing one."""
+    if final.exists():
+        old = final.parent / f".{final.name}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def _predict_dask(model, job, opts, device, want_fg: bool):
+    import zarr
+
+    from .dask_predict import run_dask_predict
+
+    final = job.outputs[0]
+    run_dask_predict(model, job.path, final, scheduler=opts.scheduler, workers=opts.workers,
+                     tta=opts.tta, tile=opts.tile, progress=opts.progress, device=str(device),
+                     overwrite=opts.overwrite, batch_size=opts.batch, precision=opts.precision)
+    fg = None
+    if want_fg:
+        fg = _foreground(zarr.open_group(str(final), mode="r")["probabilities"],
+                         job.source.stack)
+    return [final], fg
+
+
+def overlay(grey: np.ndarray, labels_or_mask: np.ndarray) -> np.ndarray:
+    """RGB uint8 (H, W, 3): the normalised image (clipped to [0, 1]) in grey, object outlines
+    in yellow."""
+    from skimage.segmentation import find_boundaries
+
+    g = np.clip(np.nan_to_num(np.asarray(grey, dtype=np.float32)), 0.0, 1.0)
+    rgb = np.repeat((g * 255).astype(np.uint8)[..., None], 3, axis=-1)
+    b = find_boundaries(np.asarray(labels_or_mask), mode="inner")
+    rgb[b] = (255, 220, 0)
+    return rgb
+
+
+def _pictures(fg: np.ndarray, view, job, opts) -> list[Path]:
+    """Instance labels and overlays from P(cell) ``fg`` ((S, H, W) or (H, W))."""
+    from .postprocess import to_instances
+    from .writers import write_png, write_tiff
+
+    fgs = fg if view.stack else fg[None]
+    written, labels = [], None
+    names = {p.name: p for p in job.outputs}
+    if opts.instances:
+        labels = np.stack([to_instances(f, method=opts.method, threshold=opts.threshold,
+                                        min_size=opts.min_size, h=opts.seed_h) for f in fgs])
+        f = names[f"{job.stem}_labels.tif"]
+        write_tiff(f, labels if view.stack else labels[0])
+        written.append(f)
+    if opts.overlays:
+        for s in range(min(len(fgs), MAX_OVERLAYS)):
+            obj = labels[s] if labels is not None else fgs[s] > opts.threshold
+            f = names[f"{job.stem}_overlay_z{s:04d}.png" if view.stack else
+                      f"{job.stem}_overlay.png"]
+            write_png(f, overlay(view[s, 0], obj))
+            written.append(f)
+    return written
+
+
+def predict_job(net, model, job, opts, device, log) -> list[Path]:
+    """Predict one planned input (a :class:`unetlab.prediction_io.Job`) and write all its
+    outputs; returns the files written and logs ``INPUT -> FILE`` for each."""
+    view = NormalizedView(job.source)
+    want_fg = job.pictures and (opts.instances or opts.overlays)
+    kw = dict(tile_size=opts.tile, tta=opts.tta, batch_size=opts.batch, device=device,
+              progress=opts.progress, precision=opts.precision)
+    final = job.outputs[0]
+    if opts.dask:
+        written, fg = _predict_dask(model, job, opts, device, want_fg)
+    elif opts.format == "tif":
+        written, fg = _predict_tif(net, view, final, kw, want_fg)
+    elif opts.format == "png":
+        written, fg = _predict_png(net, view, job.outputs, kw)
+    else:
+        attrs = {"source": job.path.name, "classes": int(net.num_classes), "tta": bool(opts.tta),
+                 "layout": "(S, K, H, W)" if view.stack else "(K, H, W)"}
+        written, fg = _predict_zarr(net, view, final, kw, attrs, want_fg)
+    if (opts.instances or opts.overlays) and not job.pictures:
+        H, W = view.shape[-2:]
+        log(f"{job.path}: {H}x{W} is too large for instances/overlays (limit "
+            f"{PICTURE_PIXELS} pixels); wrote the probabilities only")
+    if want_fg:
+        written += _pictures(fg, view, job, opts)
+    for f in written:
+        log(f"{job.path} -> {f}")
+    return written
