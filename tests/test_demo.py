@@ -47,7 +47,7 @@ def test_demo_training_settings_are_valid_trainer_options():
     assert (s.optimizer, s.norm, s.seed_h) == ("adam", "batch", 1.0)   # measured, see demo.py
     cfg = TrainConfig(optimizer=s.optimizer, lr=s.lr, momentum=s.momentum, norm=s.norm,
                       width=s.width, depth=s.depth, tile=s.tile, grad_clip=s.grad_clip)
-    cfg.validate()                                          # raises on an invalid option
+    cfg.check()                                             # raises on an invalid option
 
 
 def test_demo_seed_height_splits_clumps_the_net_left_joined():

@@ -25,7 +25,7 @@ def tiny(tmp_path, name="run", **kw) -> TrainConfig:
     base = dict(data="synthetic", out=str(tmp_path / name), synthetic_images=2,
                 synthetic_size=48, width=4, depth=1, tile=44, iterations=8, warmup=2,
                 dropout=0.3, lr=0.01, checkpoint_every=3, log_every=2, val_every=4,
-                progress=False, prefetch=2, seed=3, threads=1)
+                progress=False, prefetch=2, seed=3, threads=1, precision="fp32")
     base.update(kw)
     return TrainConfig(**base)
 
@@ -127,7 +127,7 @@ def test_run_folder(tmp_path):
     assert [int(r["iteration"]) for r in rows] == [2, 4, 6, 8]
     assert rows[1]["val_rand_error"] != "" and rows[0]["val_rand_error"] == ""
     assert float(rows[0]["lr"]) > 0
-    assert load_config(run / "config.toml") == tiny(tmp_path, val="synthetic").validate()
+    assert load_config(run / "config.toml") == tiny(tmp_path, val="synthetic").check()
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
     # no temporary files left behind
     assert not [p for p in os.listdir(run) if p.startswith(".")]
@@ -243,7 +243,7 @@ def test_config_errors(tmp_path):
                     (dict(optimizer="rmsprop"), "optimizer"), (dict(iterations=0), "iterations"),
                     (dict(sigma=float("nan")), "sigma")]:
         with pytest.raises(UnetlabError, match=rf"^{opt} \(--{opt}\)"):
-            TrainConfig(**kw).validate()
+            TrainConfig(**kw).check()
 
 
 def test_invalid_tile_fails_before_reading_data(tmp_path):
