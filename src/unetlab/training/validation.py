@@ -10,7 +10,7 @@ import numpy as np
 
 from ..weights import IGNORE_INDEX
 
-__all__ = ["validation_targets", "validation_scores", "isbi_errors"]
+__all__ = ["validation_targets", "validation_scores", "isbi_errors", "predict_normalized"]
 
 
 def validation_targets(samples, w0: float, sigma: float, balance: bool):
@@ -33,15 +33,18 @@ def _engine_options() -> frozenset[str]:
     return frozenset(inspect.signature(predict_tiled).parameters)
 
 
-def _probabilities(net, image: np.ndarray, device, tta: bool, precision: str) -> np.ndarray:
-    """(K, H, W) probabilities of one already normalised image (C, H, W)."""
+def predict_normalized(net, image: np.ndarray, device=None, tta: bool = False,
+                       precision: str = "fp32", progress=False) -> np.ndarray:
+    """(K, H, W) float32 probabilities of one already normalised image ((H, W) or (C, H, W),
+    :func:`unetlab.data.normalize_image`) by the overlap-tile engine
+    (:func:`unetlab.predict.predict_tiled`, Fig. 2), without normalising it again."""
     from ..predict import predict_tiled
 
-    img = image[0] if image.shape[0] == 1 else image     # (H, W): one slice, not a stack
-    extra = {"normalize": False, "precision": precision}  # the samples are normalised already
+    img = image[0] if image.ndim == 3 and image.shape[0] == 1 else image   # one slice
+    extra = {"normalize": False, "precision": precision}
     extra = {k: v for k, v in extra.items() if k in _engine_options()}
-    prob = np.asarray(predict_tiled(net, img, tta=tta, device=device, **extra),
-                      dtype=np.float32)
+    prob = np.asarray(predict_tiled(net, img, tta=tta, device=device, progress=progress,
+                                    **extra), dtype=np.float32)
     return prob[0] if prob.ndim == 4 else prob
 
 
@@ -73,7 +76,7 @@ def validation_scores(net, samples, targets, device, tta: bool = False,
     probs, gts, num, den = [], [], 0.0, 0
     try:
         for s, (classes, weights) in zip(samples, targets):
-            prob = _probabilities(net, s.image, device, tta, precision)
+            prob = predict_normalized(net, s.image, device, tta, precision)
             probs.append(np.clip(prob[1], 0.0, 1.0).astype(np.float32))
             gts.append(classes == 1)
             lab = classes != IGNORE_INDEX
