@@ -259,3 +259,61 @@ def test_resume_before_first_checkpoint_starts_again(tmp_path):
     (tmp_path / "run" / "config.toml").write_text(config_to_toml(cfg))
     run = train(cfg, resume=True)
     assert safe_load(run / "checkpoint.pt")["iteration"] == 2
+
+
+def test_sigterm_saves_checkpoint_like_ctrl_c(tmp_path):
+    def term_at_3(it, loss):
+        if it == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted) as e:
+        train(tiny(tmp_path, iterations=8, checkpoint_every=100), callback=term_at_3)
+    assert e.value.saved and e.value.iteration == 3
+    assert e.value.signum == signal.SIGTERM and e.value.exit_code == 143
+    assert safe_load(tmp_path / "run" / "checkpoint.pt")["iteration"] == 3
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_stale_temporaries_are_removed_on_the_next_start(tmp_path):
+    cfg = tiny(tmp_path, iterations=2)
+    run = train(cfg)
+    stale = [run / ".checkpoint.pt.k9x.tmp.pt", run / ".log.csv.a1b2.tmp.csv"]
+    for p in stale:
+        p.write_bytes(b"PK half")
+    (run / ".hidden-user-file").write_text("not ours")
+    train(dataclasses.replace(cfg, iterations=3), resume=True)
+    assert not any(p.exists() for p in stale)
+    assert (run / ".hidden-user-file").read_text() == "not ours"
+
+
+def test_bf16_precision_trains_and_is_recorded(tmp_path):
+    run = train(tiny(tmp_path, iterations=2, precision="bf16"))
+    ck = safe_load(run / "checkpoint.pt")
+    assert ck["precision"] == "bf16" and ck["model"]["meta"]["precision"] == "bf16"
+    assert all(v.dtype == torch.float32 for v in ck["model"]["state_dict"].values()
+               if v.is_floating_point())                         # fp32 master weights
+    assert load_config(run / "config.toml").precision == "bf16"
+
+
+def test_thread_count_is_measured_and_said(tmp_path, monkeypatch):
+    from unetlab import hardware
+
+    timed = []
+
+    def fake_fastest(step, repeats=2):
+        step()                                   # a real training step of a copy of the net
+        timed.append(True)
+        return 1, 0.01, "measured here"
+
+    monkeypatch.setattr(hardware, "fastest_threads", fake_fastest)
+    lines = []
+    run = train(tiny(tmp_path, iterations=1, threads=0), say=lines.append)
+    assert timed and "training on cpu" in lines[0] and "1 CPU thread(s): measured here" in lines[0]
+    # timing on a copy does not change the run: same weights as with --threads 1
+    ref = train(tiny(tmp_path, "ref", iterations=1, threads=1))
+    a, b = _state(run / "checkpoint.pt"), _state(ref / "checkpoint.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lines.clear()
+    train(tiny(tmp_path, "two", iterations=1, threads=2), say=lines.append)
+    assert "2 thread(s) as asked" in lines[0]
