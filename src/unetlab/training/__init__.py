@@ -38,8 +38,6 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from ..atomic import atomic_torch_save, remove_stale_temps  # noqa: F401 - patched by tests
 from ..errors import UnetlabError
 from .build import (build_net, check_geometry, load_samples, lr_at, make_optimizer,
@@ -49,8 +47,6 @@ from .prefetch import Prefetcher, data_rng, sample_batch, torch_seed
 from .run_folder import (CHECKPOINT_FORMAT, RUN_FILES, check_out_folder, describe_models,
                          load_checkpoint)
 from .signals import NonFiniteLossError, TrainingInterrupted
-from .trainer import Trainer
-from .validation import validation_scores
 
 __all__ = ["TrainConfig", "train", "Trainer", "NonFiniteLossError", "TrainingInterrupted",
            "lr_at", "load_config", "config_to_toml", "config_from_mapping", "CHECKPOINT_FORMAT",
@@ -65,6 +61,19 @@ RESUME_MAY_CHANGE = {"out", "iterations", "val_every", "checkpoint_every", "log_
 _build_net, _load_samples, _make_optimizer, _make_sampler = (build_net, load_samples,
                                                              make_optimizer, make_sampler)
 _torch_seed, _data_rng, _Prefetcher = torch_seed, data_rng, Prefetcher
+
+
+def __getattr__(name: str):
+    # torch and scipy load on first use, so that ``unetlab train --help`` starts fast
+    if name == "Trainer":
+        from .trainer import Trainer
+
+        return Trainer
+    if name == "validation_scores":
+        from .validation import validation_scores
+
+        return validation_scores
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _sample_batch(sampler, config: TrainConfig, rank: int, it: int):
@@ -152,7 +161,10 @@ def train(config: TrainConfig, resume: bool = False, *, overwrite: bool = False,
 
 def _train(config, ckpt, train_samples, val_samples, dev, precision, callback, rank,
            world_size, say) -> Path:
+    import torch
+
     from ..hardware import describe_precision
+    from .trainer import Trainer
 
     default_threads = torch.get_num_threads()
     try:

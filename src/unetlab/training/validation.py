@@ -8,15 +8,13 @@ import inspect
 
 import numpy as np
 
-from ..weights import IGNORE_INDEX
-
 __all__ = ["validation_targets", "validation_scores", "isbi_errors", "predict_normalized"]
 
 
 def validation_targets(samples, w0: float, sigma: float, balance: bool):
     """(classes (H, W) uint8, weights (H, W) float32) of each validation sample: the training
     targets of Eq. 2, with :data:`IGNORE_INDEX` and weight 0 where the sample is unlabelled."""
-    from ..weights import training_targets
+    from ..weights import IGNORE_INDEX, training_targets
 
     out = []
     for s in samples:
@@ -71,6 +69,8 @@ def validation_scores(net, samples, targets, device, tta: bool = False,
     Fig. 3c) and ``loss``, the weighted cross-entropy of the probabilities (Eq. 1 with the
     weights of Eq. 2, same normalisation as training: mean over labelled pixels). All unitless.
     ``targets``: from :func:`validation_targets`."""
+    from ..weights import IGNORE_INDEX
+
     was_training = net.training
     net.eval()
     probs, gts, num, den = [], [], 0.0, 0
