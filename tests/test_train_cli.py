@@ -208,3 +208,53 @@ def test_old_amp_option_reads_as_precision(tmp_path):
     assert load_config(p).precision == "fp32"
     p.write_text("amp = true\n")
     assert load_config(p).precision == "auto"
+
+
+def test_sigterm_through_the_cli_saves_and_exits_143(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from unetlab.checkpoint import safe_load
+
+    run = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
+    argv = [sys.executable, "-m", "unetlab", "train", "synthetic", "--out", str(run),
+            "--width", "4", "--depth", "1", "--tile", "44", "--iterations", "100000",
+            "--checkpoint-every", "5", "--no-progress", "--threads", "1", "--precision", "fp32"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "log.csv").exists() or (run / "log.csv").read_text().count("\n") < 3:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted at iteration ") and "--resume" in last, err
+    stopped = int(last.split("iteration ")[1].split(":")[0])
+    assert safe_load(run / "checkpoint.pt")["iteration"] == stopped > 0
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.xfail(strict=True, reason="needs the DATA branch's float64 normalisation; "
+                                       "remove this marker when it is merged")
+def test_finite_extreme_images_train(tmp_path, capsys):
+    import numpy as np
+    import tifffile
+
+    from unetlab.synthetic import touching_cells_arrays
+
+    _, lab = touching_cells_arrays(1, 64, 0)[0]
+    (tmp_path / "d" / "images").mkdir(parents=True)
+    (tmp_path / "d" / "labels").mkdir()
+    tifffile.imwrite(tmp_path / "d" / "images" / "a.tif",
+                     np.where(lab > 0, 3e38, -3e38).astype(np.float32))
+    tifffile.imwrite(tmp_path / "d" / "labels" / "a.tif", lab.astype(np.int32))
+    assert main(["train", str(tmp_path / "d"), "--out", str(tmp_path / "r")] + TINY) == 0
