@@ -309,7 +309,7 @@ def test_thread_count_is_measured_and_said(tmp_path, monkeypatch):
     monkeypatch.setattr(hardware, "fastest_threads", fake_fastest)
     lines = []
     run = train(tiny(tmp_path, iterations=1, threads=0), say=lines.append)
-    assert timed and "training on cpu" in lines[0] and "1 CPU thread(s): measured here" in lines[0]
+    assert timed and "training on cpu" in lines[0] and "CPU threads: measured here" in lines[0]
     # timing on a copy does not change the run: same weights as with --threads 1
     ref = train(tiny(tmp_path, "ref", iterations=1, threads=1))
     a, b = _state(run / "checkpoint.pt"), _state(ref / "checkpoint.pt")

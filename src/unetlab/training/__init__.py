@@ -175,8 +175,8 @@ def _train(config, ckpt, train_samples, val_samples, dev, precision, callback, r
             torch.set_num_threads(threads)
             resolved = (f"resolved: device = {dev}, precision = {precision}, threads = "
                         f"{threads}")
-            say(f"training on {dev}, precision {describe_precision(precision, dev)}, "
-                f"{threads} CPU thread(s): {why}")
+            say(f"training on {dev}, precision {describe_precision(precision, dev)}, CPU "
+                f"threads: {why}")
             trainer = Trainer(config, Path(config.out), net, tile, out_size, train_samples,
                               val_samples, dev, precision, rank, world_size, resolved, say)
             if ckpt is not None:
