@@ -38,7 +38,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Callable
 
-from ..atomic import atomic_torch_save, remove_stale_temps  # noqa: F401 - patched by tests
+from ..atomic import remove_stale_temps
 from ..errors import UnetlabError
 from .build import (build_net, check_geometry, load_samples, lr_at, make_optimizer,
                     make_sampler, timing_step)

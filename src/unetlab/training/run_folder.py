@@ -8,7 +8,7 @@ Every file is written atomically (:mod:`unetlab.atomic`)::
     model.pt        architecture + weights of the latest iteration (``unetlab.load_model``)
     best.pt         the same for the best validation score (with ``validation`` in its meta)
     log.csv         iteration, loss, lr, seconds, validation metrics
-    curves.png      loss and validation errors against iterations (:func:`unetlab.report.png_curves`)
+    curves.png      loss and validation errors against iterations (report.png_curves)
 """
 from __future__ import annotations
 
