@@ -130,6 +130,7 @@ def test_non_empty_folder_needs_overwrite_and_inputs_are_never_overwritten(tmp_p
     (["--batch", "0"], "batch (--batch): must be ≥ 1"),
     (["--log-every", "0"], "log_every (--log-every): must be ≥ 1"),
     (["--threads", "-1"], "threads (--threads): must be ≥ 0"),
+    (["--threads", "100000"], "threads (--threads): must be ≤ 1024"),
     (["--precision", "fp16"], "precision (--precision): must be one of auto, fp32, bf16"),
     (["--device", "tpu"], "device (--device)"),
 ])

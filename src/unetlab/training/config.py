@@ -141,6 +141,8 @@ class TrainConfig:
                 self._bad(name, "must be ≥ 1")
         if self.depth > 8:
             self._bad("depth", "must be ≤ 8")
+        if self.threads > 1024:
+            self._bad("threads", "must be ≤ 1024 (0 = choose by measurement)")
         for name in ("warmup", "prefetch", "tile", "threads"):
             if getattr(self, name) < 0:
                 self._bad(name, "must be ≥ 0")
