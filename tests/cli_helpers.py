@@ -386,7 +386,7 @@ def cli_child(argv: list[str], die: tuple[str, int] | None = None, log: str | No
         if what == "write":
             import tempfile
 
-            import unetlab.training as training
+            import unetlab.training.run_folder as training
 
             real_save = training.atomic_torch_save
 

@@ -149,7 +149,7 @@ def test_missing_torchrun_variables_is_a_one_line_error(monkeypatch):
 DDP_ARGS = ["synthetic", "--width", "4", "--depth", "2", "--tile", "60", "--warmup", "2",
             "--schedule", "constant", "--lr", "0.01", "--dropout", "0", "--threads", "1",
             "--no-progress", "--synthetic-images", "2", "--synthetic-size", "64",
-            "--prefetch", "1", "--checkpoint-every", "1"]
+            "--precision", "fp32", "--prefetch", "1", "--checkpoint-every", "1"]
 DDP_ITERATIONS = 4
 
 

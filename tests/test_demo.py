@@ -47,7 +47,7 @@ def test_demo_training_settings_are_valid_trainer_options():
     assert (s.optimizer, s.norm, s.seed_h) == ("adam", "batch", 1.0)   # measured, see demo.py
     cfg = TrainConfig(optimizer=s.optimizer, lr=s.lr, momentum=s.momentum, norm=s.norm,
                       width=s.width, depth=s.depth, tile=s.tile, grad_clip=s.grad_clip)
-    cfg.validate()                                          # raises on an invalid option
+    cfg.check()                                             # raises on an invalid option
 
 
 def test_demo_seed_height_splits_clumps_the_net_left_joined():
@@ -176,3 +176,39 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert 0.0 <= metrics["isbi2012"]["pixel_error"] <= 1.0 and 0.0 <= metrics["seg"] <= 1.0
     # a second run into the same folder replaces the first
     assert main(["demo", "--quick", "--out", str(out), "--no-progress", "--iterations", "3"]) == 0
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--seed", "-1"], "--seed"),
+    (["--seed", str(2**40)], "--seed"),
+    (["--out", ""], "--out"),
+    (["--device", "cuda"], "--device"),
+    (["--iterations", "0"], "--iterations"),
+])
+def test_bad_option_keeps_the_previous_demo(tmp_path, capsys, flags, needle):
+    import torch
+
+    if "cuda" in flags and torch.cuda.is_available():
+        pytest.skip("CUDA is usable here")
+    old = tmp_path / "demo"
+    (old / "report_data").mkdir(parents=True)
+    for name in (DEMO_MARKER, "checkpoint.pt", "model.pt", "report.html"):
+        (old / name).write_text("previous")
+    argv = ["demo", "--quick", "--no-progress", "--out", str(old)] + flags
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err and "bug" not in err, err
+    assert sorted(p.name for p in old.iterdir()) == sorted(
+        [DEMO_MARKER, "checkpoint.pt", "model.pt", "report.html", "report_data"])
+    assert (old / "model.pt").read_text() == "previous"
+
+
+def test_format_summary_explains_each_number_and_flags_quick_runs(tmp_path):
+    summary = {"report": tmp_path / "r.html", "headline": {"SEG": 0.1, "F1 @ IoU 0.5": 0.2},
+               "timing": {"total": 9.0, "training": 4.0}, "iterations": 6, "quick": True}
+    lines = format_summary(summary).splitlines()
+    seg = next(ln for ln in lines if ln.strip().startswith("SEG"))
+    assert "IoU" in seg                                       # a sentence next to the number
+    assert any("not meaningful" in ln for ln in lines)
+    summary["quick"] = False
+    assert "not meaningful" not in format_summary(summary)

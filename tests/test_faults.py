@@ -29,7 +29,7 @@ def _config(path: Path, iterations: int, checkpoint_every: int) -> Path:
         "width = 4\ndepth = 1\ntile = 36\nsynthetic_images = 2\nsynthetic_size = 64\n"
         f"iterations = {iterations}\ncheckpoint_every = {checkpoint_every}\nlog_every = 1\n"
         "warmup = 0\nprogress = false\nval = 'synthetic'\nval_every = 1000000\n"
-        "dropout = 0.5\nseed = 3\n")
+        "dropout = 0.5\nseed = 3\nprecision = 'fp32'\n")
     return path
 
 
@@ -70,7 +70,8 @@ def _assert_identical(a: Path, b: Path) -> None:
 
 
 def _assert_run_folder_sane(run: Path) -> None:
-    """Every file that looks complete is complete (loads); leftovers are hidden temporaries."""
+    """Every file that looks complete is complete (loads); leftovers are hidden temporaries
+    and the lock file of the killed owner (the kernel released its lock)."""
     for p in looks_complete(run):
         if p.suffix == ".pt":
             obj = torch.load(p, weights_only=True)
@@ -80,7 +81,7 @@ def _assert_run_folder_sane(run: Path) -> None:
             assert all(r["iteration"] for r in rows), p
     for p in run.iterdir():
         if p.name not in {"config.toml", "checkpoint.pt", "model.pt", "best.pt", "log.csv",
-                          "curves.png"}:
+                          "curves.png", ".lock"}:
             assert p.name.startswith(".") and ".tmp" in p.name, f"unexpected file {p}"
 
 
@@ -128,6 +129,8 @@ def test_kill_inside_checkpoint_writes_then_resume_is_bit_identical(reference, t
     assert rc == 0, Path(log).read_text()[-2000:]
     _assert_run_folder_sane(run)
     _assert_identical(run, ref)
+    # the half-written temporary of the "write" kill and the dead owner's lock are gone
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
 
 
 @pytest.mark.slow

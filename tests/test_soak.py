@@ -86,3 +86,27 @@ def test_100_predictions_memory_flat(tmp_path):
           f"MB, median predictions 25-50 {early / MB:.1f} MB, median 75-100 {late / MB:.1f} MB, "
           f"at the end {end / MB:.1f} MB, peak {max(samples) / MB:.1f} MB")
     assert late - early < 10 * MB, f"RSS grew by {(late - early) / MB:.1f} MB"
+
+
+@pytest.mark.slow
+def test_training_rss_flat_over_3000_iterations_after_warm_up(tmp_path):
+    """A tiny net (fast steps, so any per-step or per-checkpoint leak dominates): 1000
+    warm-up iterations, then RSS sampled every 100 over 3000 more must stay within ± 10 MB
+    (checkpoints every 100, validation and curves.png every 500)."""
+    from unetlab.training import TrainConfig, train
+
+    samples: list[float] = []
+
+    def callback(it: int, loss: float) -> None:
+        if it >= 1000 and it % 100 == 0:
+            samples.append(_rss() / MB)
+
+    cfg = TrainConfig(data="synthetic", val="synthetic", out=str(tmp_path / "run"), width=4,
+                      depth=1, tile=44, iterations=4000, synthetic_images=2, synthetic_size=64,
+                      checkpoint_every=100, val_every=500, log_every=10, warmup=10,
+                      progress=False, threads=1, precision="fp32")
+    train(cfg, callback=callback, say=lambda msg: None)
+    low, high = min(samples), max(samples)
+    print(f"\ntiny-net soak: RSS {low:.1f} … {high:.1f} MB over iterations 1000-4000 "
+          f"({len(samples)} samples)")
+    assert high - low <= 10, f"RSS moved by {high - low:.1f} MB after warm-up"

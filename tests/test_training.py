@@ -25,7 +25,7 @@ def tiny(tmp_path, name="run", **kw) -> TrainConfig:
     base = dict(data="synthetic", out=str(tmp_path / name), synthetic_images=2,
                 synthetic_size=48, width=4, depth=1, tile=44, iterations=8, warmup=2,
                 dropout=0.3, lr=0.01, checkpoint_every=3, log_every=2, val_every=4,
-                progress=False, prefetch=2, seed=3, threads=1)
+                progress=False, prefetch=2, seed=3, threads=1, precision="fp32")
     base.update(kw)
     return TrainConfig(**base)
 
@@ -127,7 +127,7 @@ def test_run_folder(tmp_path):
     assert [int(r["iteration"]) for r in rows] == [2, 4, 6, 8]
     assert rows[1]["val_rand_error"] != "" and rows[0]["val_rand_error"] == ""
     assert float(rows[0]["lr"]) > 0
-    assert load_config(run / "config.toml") == tiny(tmp_path, val="synthetic").validate()
+    assert load_config(run / "config.toml") == tiny(tmp_path, val="synthetic").check()
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
     # no temporary files left behind
     assert not [p for p in os.listdir(run) if p.startswith(".")]
@@ -243,7 +243,7 @@ def test_config_errors(tmp_path):
                     (dict(optimizer="rmsprop"), "optimizer"), (dict(iterations=0), "iterations"),
                     (dict(sigma=float("nan")), "sigma")]:
         with pytest.raises(UnetlabError, match=rf"^{opt} \(--{opt}\)"):
-            TrainConfig(**kw).validate()
+            TrainConfig(**kw).check()
 
 
 def test_invalid_tile_fails_before_reading_data(tmp_path):
@@ -259,3 +259,61 @@ def test_resume_before_first_checkpoint_starts_again(tmp_path):
     (tmp_path / "run" / "config.toml").write_text(config_to_toml(cfg))
     run = train(cfg, resume=True)
     assert safe_load(run / "checkpoint.pt")["iteration"] == 2
+
+
+def test_sigterm_saves_checkpoint_like_ctrl_c(tmp_path):
+    def term_at_3(it, loss):
+        if it == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted) as e:
+        train(tiny(tmp_path, iterations=8, checkpoint_every=100), callback=term_at_3)
+    assert e.value.saved and e.value.iteration == 3
+    assert e.value.signum == signal.SIGTERM and e.value.exit_code == 143
+    assert safe_load(tmp_path / "run" / "checkpoint.pt")["iteration"] == 3
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_stale_temporaries_are_removed_on_the_next_start(tmp_path):
+    cfg = tiny(tmp_path, iterations=2)
+    run = train(cfg)
+    stale = [run / ".checkpoint.pt.k9x.tmp.pt", run / ".log.csv.a1b2.tmp.csv"]
+    for p in stale:
+        p.write_bytes(b"PK half")
+    (run / ".hidden-user-file").write_text("not ours")
+    train(dataclasses.replace(cfg, iterations=3), resume=True)
+    assert not any(p.exists() for p in stale)
+    assert (run / ".hidden-user-file").read_text() == "not ours"
+
+
+def test_bf16_precision_trains_and_is_recorded(tmp_path):
+    run = train(tiny(tmp_path, iterations=2, precision="bf16"))
+    ck = safe_load(run / "checkpoint.pt")
+    assert ck["precision"] == "bf16" and ck["model"]["meta"]["precision"] == "bf16"
+    assert all(v.dtype == torch.float32 for v in ck["model"]["state_dict"].values()
+               if v.is_floating_point())                         # fp32 master weights
+    assert load_config(run / "config.toml").precision == "bf16"
+
+
+def test_thread_count_is_measured_and_said(tmp_path, monkeypatch):
+    from unetlab import hardware
+
+    timed = []
+
+    def fake_fastest(step, repeats=2):
+        step()                                   # a real training step of a copy of the net
+        timed.append(True)
+        return 1, 0.01, "measured here"
+
+    monkeypatch.setattr(hardware, "fastest_threads", fake_fastest)
+    lines = []
+    run = train(tiny(tmp_path, iterations=1, threads=0), say=lines.append)
+    assert timed and "training on cpu" in lines[0] and "CPU threads: measured here" in lines[0]
+    # timing on a copy does not change the run: same weights as with --threads 1
+    ref = train(tiny(tmp_path, "ref", iterations=1, threads=1))
+    a, b = _state(run / "checkpoint.pt"), _state(ref / "checkpoint.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lines.clear()
+    train(tiny(tmp_path, "two", iterations=1, threads=2), say=lines.append)
+    assert "2 thread(s) as asked" in lines[0]

@@ -13,7 +13,11 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save",
+           "remove_stale_temps"]
+
+#: every temporary name is ``.NAME.RANDOM.tmpSUFFIX`` (hidden, with this mark)
+_TMP_MARK = ".tmp"
 
 #: errno values that mean "the output cannot be written" (full disk, file-size limit, ...)
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.ENAMETOOLONG}
@@ -40,8 +44,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     if suffix is None:
         suffix = path.suffix
     try:  # the temporary name is kept short: NAME_MAX is 255 bytes
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=f".tmp{suffix}",
-                                   dir=parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.",
+                                   suffix=f"{_TMP_MARK}{suffix}", dir=parent)
     except OSError as e:
         raise _write_error(path, e) from e
     os.close(fd)
@@ -66,6 +70,28 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
                 e.errno in _WRITE_ERRNOS or e.filename in (tmp, str(tmp_path))):
             raise _write_error(path, e) from e
         raise
+
+
+def remove_stale_temps(folder: str | os.PathLike, names=None) -> list[Path]:
+    """Remove the temporary files that :func:`atomic_path` left in ``folder`` when its process
+    was killed (kill -9, power loss) during a write: hidden files ``.NAME.*.tmp*`` whose NAME
+    is in ``names`` (default: any). Call it only while owning the folder (see
+    :class:`unetlab.runlock.RunLock`): another writer's temporary file looks the same.
+    Returns the removed paths."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        n = p.name
+        if not (n.startswith(".") and _TMP_MARK in n and p.is_file()):
+            continue
+        if names is not None and not any(n.startswith(f".{m[:64]}.") for m in names):
+            continue
+        with contextlib.suppress(OSError):
+            p.unlink()
+            removed.append(p)
+    return removed
 
 
 def _read_umask() -> int:

@@ -10,39 +10,16 @@ What it does (each step the paper's, at a size a laptop can run):
    σ = 5 px), elastic deformation and the other augmentations, He initialisation — with two
    changes for a budget of minutes instead of the paper's hours: Adam (lr 0.003,
    β = (0.9, 0.999), poly decay) instead of SGD with momentum 0.99, and batch normalisation
-   after each convolution. Measured on this 2-core machine (300 steps, 252² tiles, a 512² test
-   image without TTA, watershed seeds h = 1 px; SEG / F1@0.5 / merges of 461 cells):
-
-   ====================================  =====  ======  ======
-   training                               SEG    F1      merges
-   ====================================  =====  ======  ======
-   SGD lr 0.005, momentum 0.99, clip 1    0.57   0.71    14 (67 splits)
-   Adam lr 0.001                          0.56   0.69    61
-   Adam lr 0.003                          0.68   0.83    42
-   Adam lr 0.003 + batch norm             0.76   0.89    18
-   ====================================  =====  ======  ======
-
-   (SGD at lr 0.01 collapsed to "all background".) Only batch norm taught the net to draw the
-   separation lines between touching cells below P(cell) = 0.5 (mean P(cell) on those lines
-   0.54 against 0.84 inside cells; 0.65 / 0.76 without it). On the whole demo (2048² test
-   image, 8-fold TTA, 7250 cells) the change took SEG from 0.46 to 0.73, F1@0.5 from 0.52 to
-   0.88, AP@0.5 from 0.35 to 0.78 and merges from 1426 to 272 (splits 167 → 405; pixel error
-   0.057 → 0.047). ``unetlab train`` keeps the paper's SGD and no normalisation as its
-   defaults.
+   after each convolution (the measurements behind both are in docs/decisions.md).
+   ``unetlab train`` keeps the paper's SGD and no normalisation as its defaults.
    Unless ``iterations`` is given, the number of steps is chosen to fit a time budget
-   (``train_minutes``) from a short timing of one training step on this machine, so the demo
-   ends in time on a slow or busy CPU (with fewer steps) and trains longer on a fast one; the
-   training budget shrinks when the estimated prediction time would overrun ``total_minutes``.
-   The timing also picks the CPU thread count (1 or torch's default): on a machine with more
-   runnable processes than cores, one thread was up to 50× faster (measured).
+   (``train_minutes``) from a short timing of one training step on this machine, which also
+   picks the CPU thread count (:func:`unetlab.hardware.fastest_threads`).
 3. **Prediction** (Sec. 2, Fig. 2; Sec. 4) — overlap-tile prediction of the large image with
    8-fold test-time averaging (:func:`unetlab.predict.predict_tiled`).
-4. **Instances** — :func:`unetlab.postprocess.to_instances`: P(cell) > 0.5, then a watershed of
-   the distance transform seeded by its h-maxima with h = 1 px. After minutes of training the
-   network draws the separation lines between touching cells as a dip of P(cell) that mostly
-   stays above 0.5, so connected components merge almost every clump (F1@0.5 ≈ 0.13) and the
-   shape-based split does the work; h = 1 px beat h = 2 (fewer merges: F1 0.83 against 0.72)
-   and h = 0.5 oversplits at other thresholds (measured on the same 512² image).
+4. **Instances** — :func:`unetlab.postprocess.to_instances`: P(cell) > threshold, then a
+   watershed of the distance transform seeded by its h-maxima. The threshold and h are chosen
+   on a separate synthetic validation image (best F1 at IoU 0.5), never on the test image.
 5. **Evaluation** — ISBI 2012 pixel error and foreground-restricted Rand error (1 − best F over
    the challenge's 11 thresholds, :mod:`unetlab.metrics`) against the ground truth with touching
    cells separated as in Fig. 3c; on a 512×512 crop also the warping error; cell metrics SEG and
@@ -52,7 +29,9 @@ What it does (each step the paper's, at a size a laptop can run):
 
 The run folder ``OUT`` is a normal training run (config.toml, model.pt, best.pt, log.csv, ...)
 plus ``report_data/``, ``prediction/`` and ``report.html``. Running the demo again into the same
-folder replaces a previous demo's files; a folder holding anything else is refused.
+folder replaces a previous demo's files — only after every option was checked, and while the
+demo holds the folder's lock; a folder holding anything else is refused.
+:func:`write_demo_data` writes a small dataset in the layout ``unetlab train`` reads.
 """
 from __future__ import annotations
 
@@ -70,7 +49,8 @@ import numpy as np
 
 from .errors import UnetlabError
 
-__all__ = ["DemoSettings", "demo_settings", "run_demo", "DEMO_MARKER"]
+__all__ = ["DemoSettings", "demo_settings", "run_demo", "write_demo_data", "format_summary",
+           "DEMO_MARKER"]
 
 #: file marking a folder as written by the demo (so a rerun may replace it)
 DEMO_MARKER = "demo.json"
@@ -109,7 +89,12 @@ class DemoSettings:
 
 def demo_settings(quick: bool = False, iterations: int | None = None, size: int | None = None,
                   train_minutes: float | None = None, seed: int = 0) -> DemoSettings:
-    """The settings of ``unetlab demo`` (``quick``: tiny sizes for tests, ~10–30 s)."""
+    """The settings of ``unetlab demo`` (``quick``: tiny sizes for tests, ~10–30 s); every
+    value is checked here (one-line :class:`UnetlabError` naming the option)."""
+    from .training.config import MAX_SEED
+
+    if not (isinstance(seed, int) and 0 <= seed <= MAX_SEED):
+        raise UnetlabError(f"--seed: must be an integer in 0 … {MAX_SEED}, got {seed}")
     if quick:
         s = DemoSettings(train_images=3, train_size=96, size=256, width=4, depth=2, tile=100,
                          iterations=6, val_every=3, warping_crop=0, seed=seed, quick=True)
@@ -134,11 +119,13 @@ def demo_settings(quick: bool = False, iterations: int | None = None, size: int 
 # ---------------------------------------------------------------------------- the run folder
 def _prepare_out(out: Path) -> None:
     """Create ``out``, or clear a previous demo's files in it; refuse a folder holding a
-    different run or other files."""
+    different run or other files. Call it holding the folder's lock (its file is kept)."""
+    from .runlock import LOCK_NAME
+
     if out.exists() and not out.is_dir():
         raise UnetlabError(f"--out {out}: exists and is not a folder")
     if out.is_dir():
-        entries = list(out.iterdir())
+        entries = [e for e in out.iterdir() if e.name != LOCK_NAME]
         if entries and not (out / DEMO_MARKER).exists():
             raise UnetlabError(f"--out {out}: folder exists and was not written by unetlab demo; "
                                f"choose another --out or remove it")
@@ -151,59 +138,34 @@ def _prepare_out(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def _calibrate_step(settings: DemoSettings, device: str = "cpu") -> tuple[float, int]:
+def _calibrate_step(settings: DemoSettings, device) -> tuple[float, int, str]:
     """Time one training step (forward + backward + optimiser update on one tile) of the demo's
-    network here; returns ``(seconds per step, CPU threads to use)``.
+    network here; returns ``(seconds per step, CPU threads to use, reason)``. On a CPU the
+    faster of one thread and torch's default is kept (:func:`unetlab.hardware.fastest_threads`:
+    on a busy machine one thread can be many times faster)."""
+    import statistics
 
-    On CPU both one thread and torch's default thread count are tried and the faster is
-    returned: on a busy machine (more runnable processes than cores) multi-threaded convolutions
-    can be tens of times slower than single-threaded ones, since every parallel region waits
-    for its slowest, descheduled thread. Each setting: one warm-up step, then the median of two
-    (the slower setting is abandoned after one step when it is clearly slower).
-    """
     import torch
 
+    from .hardware import fastest_threads
     from .model import UNet
+    from .training.build import timing_step
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        net = UNet(depth=settings.depth, width=settings.width, dropout=0.5,
-                   norm=settings.norm).to(device)
-    opt = (torch.optim.Adam(net.parameters(), lr=1e-9) if settings.optimizer == "adam"
-           else torch.optim.SGD(net.parameters(), lr=1e-9, momentum=0.99))
-    x = torch.randn(1, 1, settings.tile, settings.tile, device=device)
-
-    def step() -> float:
+        net = UNet(depth=settings.depth, width=settings.width, dropout=0.5, norm=settings.norm)
+    step = timing_step(net, settings.optimizer, settings.tile, device)
+    if torch.device(device).type == "cpu":
+        threads, seconds, why = fastest_threads(step)
+        return seconds, threads, why
+    step()
+    times = []
+    for _ in range(2):
         t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        torch.log_softmax(net(x), 1)[:, 1].mean().backward()
-        opt.step()
-        if device != "cpu":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
-
-    default = torch.get_num_threads()
-    if device != "cpu" or default == 1:
         step()
-        return float(np.median([step(), step()])), default
-    try:
-        torch.set_num_threads(1)
-        step()
-        one = float(np.median([step(), step()]))
-        torch.set_num_threads(default)
-        first = step()                     # primitives are cached: no separate warm-up
-        many = first if first > 1.5 * one else float(np.median([first, step()]))
-    finally:
-        torch.set_num_threads(default)
-    return (one, 1) if one <= many else (many, default)
+        times.append(time.perf_counter() - t0)
+    n = torch.get_num_threads()
+    return statistics.median(times), n, f"{n} thread(s) (GPU)"
 
 
 #: measured on the 2-core machine (width 16, depth 3, 252² tiles): predicting a 2048² image
@@ -281,8 +243,22 @@ def evaluate_demo(gt_instances: np.ndarray, prob_cell: np.ndarray, pred_instance
     return out
 
 
+#: one sentence per headline number: what it measures
+HEADLINE_NOTES = {
+    "pixel error (ISBI)": "share of pixels on the wrong side of the best threshold",
+    "Rand error (ISBI, foreground)": "how much the cells' pixel groupings differ (0 = same)",
+    "warping error (512² crop)": "topology errors (merges, splits, holes) per pixel",
+    "SEG": "mean IoU of each true cell with its best-overlapping prediction (CTC)",
+    "F1 @ IoU 0.5": "harmonic mean of precision and recall of cells matched at IoU ≥ 0.5",
+    "AP @ IoU 0.5 (DSB)": "matched / (matched + missed + spurious) cells at IoU ≥ 0.5",
+    "cells (true / found)": "cells in the ground truth / in the prediction",
+    "merges / splits": "predicted cells covering several true ones / true cells cut in parts",
+}
+
+
 def headline(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The few numbers printed at the end and shown at the top of the report."""
+    """The few numbers printed at the end and shown at the top of the report (explained by
+    :data:`HEADLINE_NOTES`)."""
     m50 = next(r for r in metrics["matching"] if abs(r["threshold"] - 0.5) < 1e-9)
     sm = metrics["split_merge"]
     h = {"pixel error (ISBI)": metrics["isbi2012"]["pixel_error"],
@@ -297,15 +273,6 @@ def headline(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- the demo
-def _write_tiff(path: Path, array: np.ndarray) -> None:
-    import tifffile
-
-    from .atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        tifffile.imwrite(tmp, array)
-
-
 def _augmented_examples(image: np.ndarray, instances: np.ndarray, n: int, seed: int):
     """``n`` random augmentations (unetlab.augment, the trainer's defaults) of one training
     image with its targets: list of (image (H, W), classes (H, W) uint8, weights (H, W))."""
@@ -322,156 +289,240 @@ def _augmented_examples(image: np.ndarray, instances: np.ndarray, n: int, seed: 
     return out
 
 
+def write_demo_data(folder: str | os.PathLike, seed: int = 0, images: int = 4,
+                    size: int = 256, big: int = 1024) -> list[Path]:
+    """A small synthetic touching-cells dataset in the layout ``unetlab train`` reads:
+    ``folder/images/NN.tif`` (float32, ≈ [0, 1]) and ``folder/labels/NN.tif`` (int32
+    instances), ``images`` of ``size``² px, plus ``folder/big.tif``, one ``big``² image to
+    predict. Refuses a folder that exists and is not empty. Returns the files written."""
+    from .synthetic import touching_cells_arrays
+    from .training.config import MAX_SEED
+    from .writers import write_tiff
+
+    folder = Path(folder)
+    if not str(folder).strip():
+        raise UnetlabError("--data: empty folder name (an unset shell variable?)")
+    if not 0 <= seed <= MAX_SEED:
+        raise UnetlabError(f"--seed: must be an integer in 0 … {MAX_SEED}, got {seed}")
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise UnetlabError(f"--data {folder}: exists and is not an empty folder; choose "
+                           f"another name")
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "labels").mkdir(exist_ok=True)
+    written = []
+    for i, (img, lab) in enumerate(touching_cells_arrays(images, size, seed)):
+        for sub, arr in (("images", img.astype(np.float32)), ("labels", lab.astype(np.int32))):
+            write_tiff(folder / sub / f"{i:02d}.tif", arr)
+            written.append(folder / sub / f"{i:02d}.tif")
+    write_tiff(folder / "big.tif", touching_cells_arrays(1, big, seed + 1000)[0][0])
+    return written + [folder / "big.tif"]
+
+
 def run_demo(out: str | os.PathLike = "runs/demo", settings: DemoSettings | None = None,
              progress: bool = True, device: str = "auto",
              echo: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run the demo into ``out``; returns a summary dict (``report``, ``headline``, ``metrics``,
-    ``timing``, ``iterations``, ``run``). ``echo`` prints progress lines (default: stderr)."""
+    """Run the demo into ``out``; returns a summary dict (``report``, ``headline``, ``notes``,
+    ``metrics``, ``timing``, ``iterations``, ``run``, ``quick``). ``echo`` prints progress
+    lines (default: stderr). Every argument is checked before ``out`` is touched; the folder is
+    locked (:class:`unetlab.runlock.RunLock`) while the demo runs in it."""
     import json
 
     import torch
 
     from .atomic import atomic_write_text
-    from .postprocess import to_instances  # noqa: F401 - fail early when a piece is missing
-    from .predict import predict_tiled  # noqa: F401
-    from .training import train  # noqa: F401
+    from .hardware import resolve_device
+    from .runlock import RunLock
 
     s = settings or demo_settings()
     say = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if not str(out).strip():
+        raise UnetlabError("--out: empty folder name (an unset shell variable?)")
+    dev = resolve_device(device)
     out = Path(out)
-    _prepare_out(out)
-    atomic_write_text(out / DEMO_MARKER, json.dumps({"unetlab_demo": dataclasses.asdict(s)},
-                                                    indent=2))
     default_threads = torch.get_num_threads()
-    try:
-        return _run(out, s, progress, device, say)
-    finally:
-        torch.set_num_threads(default_threads)
+    with RunLock(out):
+        _prepare_out(out)
+        atomic_write_text(out / DEMO_MARKER,
+                          json.dumps({"unetlab_demo": dataclasses.asdict(s)}, indent=2))
+        try:
+            return _run(out, s, progress, dev, say)
+        finally:
+            torch.set_num_threads(default_threads)
 
 
-def _run(out: Path, s: DemoSettings, progress: bool, device: str,
-         say: Callable[[str], None]) -> dict[str, Any]:
-    import json
-
+def _train(out: Path, s: DemoSettings, progress: bool, device, say) -> tuple[Path, int]:
+    """Step 2: time a step, choose the iterations and threads, train; (run folder, steps)."""
     import torch
 
-    from .atomic import atomic_write_text
-    from .checkpoint import load_model
-    from .postprocess import to_instances
-    from .predict import predict_tiled
-    from .report import ReportData, build_report, save_report_data
-    from .synthetic import touching_cells_arrays
     from .training import TrainConfig, train
 
-    timing: dict[str, float] = {}
-    t_all = time.perf_counter()
+    step, threads, why = _calibrate_step(s, device)
+    torch.set_num_threads(threads)
+    iterations = s.iterations
+    if iterations is None:
+        iterations = _choose_iterations(s, step)
+        say(f"[2/6] training: one step takes {step:.2f} s here, so {iterations} iterations fit "
+            f"the time budget ({training_budget(s, step) / 60:.1f} min); {why}")
+    else:
+        say(f"[2/6] training: {iterations} iterations (about {step:.2f} s each); {why}")
+    val_every = s.val_every or max(1, math.ceil(iterations / 5))
+    cfg = TrainConfig(
+        data="synthetic", val="synthetic", out=str(out), synthetic_images=s.train_images,
+        synthetic_size=s.train_size, synthetic_seed=s.seed, width=s.width, depth=s.depth,
+        norm=s.norm, tile=s.tile, iterations=iterations, val_every=val_every,
+        warmup=min(200, iterations // 5), checkpoint_every=max(val_every, 1),
+        log_every=max(1, min(10, iterations // 50)), seed=s.seed, device=str(device),
+        optimizer=s.optimizer, lr=s.lr, momentum=s.momentum, grad_clip=s.grad_clip,
+        progress=progress, threads=threads, precision="fp32")
+    # overwrite: the folder holds the demo's own marker file, checked by _prepare_out
+    run = Path(train(cfg, overwrite=True, say=say))
+    return run, iterations
 
-    # 1. data ---------------------------------------------------------------------------
-    t0 = time.perf_counter()
+
+def _instance_settings(net, s: DemoSettings, device, progress) -> dict[str, float]:
+    """The threshold on P(cell) and the seed height h (px) of the instance step, chosen by F1
+    at IoU 0.5 on a separate synthetic validation image (not the test image)."""
+    from .data import normalize_image
+    from .metrics import matching
+    from .postprocess import to_instances
+    from .training.validation import predict_normalized
+
+    img, gt = _validation_image(s)
+    prob = predict_normalized(net, normalize_image(img), device, tta=True, progress=progress)
+    best = (-1.0, 0.5, s.seed_h)
+    for th in (0.3, 0.4, 0.5, 0.6, 0.7):
+        for h in (s.seed_h / 2, s.seed_h, 2 * s.seed_h):
+            pred = to_instances(prob, threshold=th, h=h)
+            f1 = next(r["f1"] for r in matching(gt, pred) if abs(r["threshold"] - 0.5) < 1e-9)
+            best = max(best, (f1, th, h), key=lambda b: b[0])
+    return {"threshold": best[1], "h": best[2], "validation_f1": best[0]}
+
+
+def _validation_image(s: DemoSettings):
+    """The demo's instance-validation image (image, instances): generated with its own seed,
+    a side of ``min(512, size)`` px (at least the training images' side)."""
+    from .synthetic import touching_cells_arrays
+
+    side = max(s.train_size, min(512, s.size))
+    return touching_cells_arrays(1, side, s.seed + 2000)[0]
+
+
+def _predict(out: Path, net, big_img, s: DemoSettings, device, progress):
+    """Steps 3–4: probabilities of the test image and its instances (settings from the
+    validation image); writes ``OUT/prediction/*.tif``. Returns (P(cell), instances, chosen)."""
+    from .data import normalize_image
+    from .postprocess import to_instances
+    from .training.validation import predict_normalized
+    from .writers import write_tiff
+
+    prob = predict_normalized(net, normalize_image(big_img), device, tta=True, progress=progress)
+    prob_cell = np.ascontiguousarray(prob[1], dtype=np.float32)
+    chosen = _instance_settings(net, s, device, progress)
+    pred_inst = np.asarray(to_instances(prob, threshold=chosen["threshold"], h=chosen["h"]),
+                           dtype=np.int32)
+    (out / "prediction").mkdir(exist_ok=True)
+    for name, arr in (("image", big_img.astype(np.float32)), ("prob_cell", prob_cell),
+                      ("instances", pred_inst)):
+        write_tiff(out / "prediction" / f"{name}.tif", arr)
+    return prob_cell, pred_inst, chosen
+
+
+def _notes(s: DemoSettings, iterations: int, model_name: str, chosen: dict) -> list[str]:
+    recipe = (f"Adam (lr {s.lr:g}, β1 {s.momentum:g}, poly decay" if s.optimizer == "adam"
+              else f"SGD (lr {s.lr:g}, momentum {s.momentum:g}, poly decay")
+    note = (f"U-Net depth {s.depth}, width {s.width}, unpadded"
+            + (f", {s.norm} normalisation" if s.norm != "none" else "")
+            + f", {iterations} iterations of {recipe}, one {s.tile}² tile per step, weight map "
+            f"w0 = 10, σ = 5 px, elastic deformation); predicted with {model_name}; instances: "
+            f"watershed of the distance transform of P(cell) > {chosen['threshold']:g}, seeds "
+            f"h = {chosen['h']:g} px (both chosen on a separate validation image, F1 "
+            f"{chosen['validation_f1']:.3f}).")
+    if s.quick:
+        note += (" Quick mode: tiny sizes and a few training steps; SEG and the other scores "
+                 "are not meaningful.")
+    return [note]
+
+
+def _run(out: Path, s: DemoSettings, progress: bool, device,
+         say: Callable[[str], None]) -> dict[str, Any]:
+    from .checkpoint import load_model
+    from .synthetic import touching_cells_arrays
+
+    timing: dict[str, float] = {}
+    t_all = t0 = time.perf_counter()
     say(f"[1/6] generating synthetic touching cells: {s.train_images} training images "
         f"{s.train_size}², 2 validation images, one {s.size}² test image")
     train_pairs = touching_cells_arrays(s.train_images, s.train_size, s.seed)
     big_img, big_gt = touching_cells_arrays(1, s.size, s.seed + 1000)[0]
     timing["data generation"] = time.perf_counter() - t0
-
-    # 2. training -----------------------------------------------------------------------
-    default_threads = torch.get_num_threads()
-    step, threads = _calibrate_step(s, _resolve_device(device))
-    busy = threads != torch.get_num_threads()
-    if busy:
-        torch.set_num_threads(threads)
-    iterations = s.iterations
-    if iterations is None:
-        iterations = _choose_iterations(s, step)
-        say(f"[2/6] training: one step takes {step:.2f} s here, so {iterations} iterations fit "
-            f"the time budget ({training_budget(s, step) / 60:.1f} min)")
-    else:
-        say(f"[2/6] training: {iterations} iterations (about {step:.2f} s each)")
-    if busy:
-        say(f"      (this machine is busy: {threads} CPU thread(s) run faster here than "
-            f"{default_threads})")
-    val_every = s.val_every or max(1, math.ceil(iterations / 5))
-    cfg = TrainConfig(
-        data="synthetic", val="synthetic", out=str(out), synthetic_images=s.train_images,
-        synthetic_size=s.train_size, synthetic_seed=s.seed, width=s.width, depth=s.depth,
-        norm=s.norm,
-        tile=s.tile, iterations=iterations, val_every=val_every,
-        warmup=min(200, iterations // 5), checkpoint_every=max(val_every, 1),
-        log_every=max(1, min(10, iterations // 50)), seed=s.seed, device=device,
-        optimizer=s.optimizer, lr=s.lr, momentum=s.momentum, grad_clip=s.grad_clip,
-        progress=progress)
     t0 = time.perf_counter()
-    run = Path(train(cfg))
+    run, iterations = _train(out, s, progress, device, say)
     timing["training"] = time.perf_counter() - t0
     model_path = run / "best.pt" if (run / "best.pt").exists() else run / "model.pt"
     net = load_model(model_path)
-
-    # 3. prediction ---------------------------------------------------------------------
     say(f"[3/6] predicting the {s.size}×{s.size} image: overlap-tile, 8-fold test-time "
-        f"averaging ({model_path.name})")
+        f"averaging ({model_path.name}); [4/6] instances, settings chosen on a validation image")
     t0 = time.perf_counter()
-    prob = predict_tiled(net, big_img, tta=True, progress=progress,
-                         device=_resolve_device(device))
-    prob_cell = np.ascontiguousarray(prob[1], dtype=np.float32)
-    timing["prediction (overlap-tile, 8× TTA)"] = time.perf_counter() - t0
+    prob_cell, pred_inst, chosen = _predict(out, net, big_img, s, device, progress)
+    timing["prediction (overlap-tile, 8× TTA) and instances"] = time.perf_counter() - t0
+    from .writers import write_tiff
 
-    # 4. instances ----------------------------------------------------------------------
-    say("[4/6] splitting instances")
-    t0 = time.perf_counter()
-    pred_inst = np.asarray(to_instances(prob, h=s.seed_h), dtype=np.int32)
-    timing["instances"] = time.perf_counter() - t0
-    (out / "prediction").mkdir(exist_ok=True)
-    _write_tiff(out / "prediction" / "image.tif", big_img.astype(np.float32))
-    _write_tiff(out / "prediction" / "prob_cell.tif", prob_cell)
-    _write_tiff(out / "prediction" / "instances.tif", pred_inst)
-    _write_tiff(out / "prediction" / "ground_truth.tif", big_gt.astype(np.int32))
-
-    # 5. evaluation ---------------------------------------------------------------------
+    write_tiff(out / "prediction" / "ground_truth.tif", big_gt.astype(np.int32))
     say("[5/6] evaluating")
     t0 = time.perf_counter()
     metrics = evaluate_demo(big_gt, prob_cell, pred_inst, s.warping_crop)
+    metrics["instance_settings"] = chosen
     timing["evaluation"] = time.perf_counter() - t0
-    head = headline(metrics)
-
-    # 6. report -------------------------------------------------------------------------
     say("[6/6] writing the report")
+    notes = _notes(s, iterations, model_path.name, chosen)
+    report = _report(out, s, train_pairs, (big_img, prob_cell, pred_inst, big_gt), metrics,
+                     timing, notes, t_all)
+    return {"report": report, "headline": headline(metrics), "metrics": metrics,
+            "timing": timing, "iterations": iterations, "run": run, "quick": s.quick,
+            "notes": notes}
+
+
+def _report(out: Path, s: DemoSettings, train_pairs, predicted, metrics, timing, notes,
+            t_all: float) -> Path:
+    """Step 6: ``OUT/report.html`` and ``OUT/report_data/`` (timing included)."""
+    import json
+
+    from .atomic import atomic_write_text
+    from .report import ReportData, build_report, save_report_data
+
     t0 = time.perf_counter()
+    big_img, prob_cell, pred_inst, big_gt = predicted
     data = ReportData(
         title=f"unetlab demo: synthetic touching cells ({s.size}×{s.size} test image)",
         train_images=[p[0] for p in train_pairs[:4]],
         train_instances=[p[1] for p in train_pairs[:4]],
         augmented=_augmented_examples(train_pairs[0][0], train_pairs[0][1], 8, s.seed),
         pred_image=big_img, pred_prob=prob_cell, pred_instances=pred_inst, gt_instances=big_gt,
-        metrics=metrics, timing=dict(timing), headline=head,
-        notes=[f"U-Net depth {s.depth}, width {s.width}, unpadded"
-               + (f", {s.norm} normalisation" if s.norm != "none" else "")
-               + f", {iterations} iterations of "
-               + (f"Adam (lr {s.lr:g}, β1 {s.momentum:g}, poly decay" if s.optimizer == "adam"
-                  else f"SGD (lr {s.lr:g}, momentum {s.momentum:g}, poly decay")
-               + f", one {s.tile}² tile per step, weight map w0 = 10, σ = 5 px, elastic "
-               f"deformation); predicted with {model_path.name}; instances: watershed of the "
-               f"distance transform of P(cell) > 0.5, seeds h = {s.seed_h:g} px."
-               + (" Quick mode: tiny sizes, not a meaningful result." if s.quick else "")])
+        metrics=metrics, timing=dict(timing), headline=headline(metrics), notes=notes)
     data.timing["total before the report"] = time.perf_counter() - t_all
     save_report_data(out, data)
     report = build_report(out, data=data)
     timing["report"] = time.perf_counter() - t0
     timing["total"] = time.perf_counter() - t_all
     atomic_write_text(out / "report_data" / "timing.json", json.dumps(timing, indent=2))
-    return {"report": report, "headline": head, "metrics": metrics, "timing": timing,
-            "iterations": iterations, "run": run}
+    return report
 
 
 def format_summary(summary: dict[str, Any]) -> str:
     """The lines ``unetlab demo`` prints at the end: where the report is, the time taken, and
-    the headline metrics."""
+    the headline metrics, each with a sentence saying what it measures."""
     tm = summary["timing"]
+    pred_s = next((v for k, v in tm.items() if k.startswith("prediction")), 0.0)
     lines = ["", "unetlab demo finished",
              f"report: {Path(summary['report']).resolve()}",
              f"total time: {tm['total']:.0f} s ({tm['total'] / 60:.1f} min; training "
              f"{tm['training']:.0f} s for {summary['iterations']} iterations, prediction "
-             f"{tm.get('prediction (overlap-tile, 8× TTA)', 0.0):.0f} s)",
+             f"{pred_s:.0f} s)",
              "headline metrics of the test image (lower error / higher score is better):"]
     for k, v in summary["headline"].items():
-        lines.append(f"  {k:32s} {v:.4f}" if isinstance(v, float) else f"  {k:32s} {v}")
+        value = f"{v:.4f}" if isinstance(v, float) else str(v)
+        lines.append(f"  {k:30s} {value:>12s}  {HEADLINE_NOTES.get(k, '')}".rstrip())
+    if summary.get("quick"):
+        lines.append("note: --quick trains only a few steps on tiny images: SEG and the other "
+                     "scores are not meaningful, only that every step runs.")
     return "\n".join(lines)

@@ -15,13 +15,22 @@ error, SEG, matching F1/AP, merges and splits) and write OUT/report.html. It end
 where the report is and the headline metrics. 4 to 9 minutes on a 2-core CPU: unless
 --iterations is given, the number of training steps is chosen to fit --train-minutes.
 
-OUT is a normal run folder (model.pt usable by 'unetlab predict' and 'unetlab export');
-running the demo again into the same folder replaces the previous demo.
+OUT is a normal run folder (model.pt usable by 'unetlab predict' and 'unetlab export').
+Every option is checked first; only then does a rerun into the same folder replace the
+previous demo's own files (a folder holding anything else is refused). One process at a time
+owns OUT. The instance step's threshold and seed height are chosen on a separate synthetic
+validation image, never on the test image.
+
+--data DIR only writes a small synthetic dataset and exits (no training): DIR/images/NN.tif,
+DIR/labels/NN.tif (4 images of 256 x 256) and DIR/big.tif (1024 x 1024, to predict), the
+layout 'unetlab train DIR' reads.
 
 examples:
   unetlab demo --out runs/demo                   # what 'make demo' runs
   unetlab demo --out runs/quick --quick          # tiny sizes, ~30 s, for a smoke test
   unetlab demo --out runs/long --iterations 3000 --size 4096
+  unetlab demo --data cells                      # files to try 'unetlab train' on
+  unetlab train cells --out runs/cells --width 16 --depth 3 --iterations 500
 """
 
 
@@ -38,13 +47,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="side of the large predicted image (default 2048; 256 with --quick)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, training and augmentation")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="where to train and predict (default: cuda when available)")
+                   help="where to train and predict (default: cuda when available); "
+                        "checked before OUT is touched")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="only write a small synthetic dataset into DIR (images/, labels/, "
+                        "big.tif) and exit")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import demo_settings, format_summary, run_demo
+    from ..demo import demo_settings, format_summary, run_demo, write_demo_data
 
+    if args.data is not None:
+        files = write_demo_data(args.data, seed=args.seed)
+        print(f"wrote {len(files)} files into {args.data}: images/, labels/ (training pairs) "
+              f"and big.tif (to predict); next: unetlab train {args.data} --out runs/cells")
+        return 0
     settings = demo_settings(quick=args.quick, iterations=args.iterations, size=args.size,
                              train_minutes=args.train_minutes, seed=args.seed)
     summary = run_demo(args.out, settings, progress=not args.no_progress, device=args.device)

@@ -17,8 +17,12 @@ DATA is a dataset folder (image/ + label/ sub-folders, ISBI train-volume.tif + t
 a Cell Tracking Challenge folder) or 'synthetic' (generated touching cells).
 
 The run folder RUN gets config.toml, checkpoint.pt, model.pt (unetlab.load_model), best.pt
-(best validation score), log.csv and curves.png, all written atomically. Ctrl-C finishes the
-current iteration, saves a checkpoint and exits; --resume continues bit-exactly (on CPU).
+(best validation score), log.csv and curves.png, all written atomically; data paths are stored
+absolute, so the folder works from anywhere. RUN must be new, a run folder, or empty (a
+non-empty other folder needs --overwrite); one process at a time owns it. Ctrl-C or SIGTERM
+finishes the current iteration, saves a checkpoint and exits; --resume continues bit-exactly
+(fp32 on CPU). --threads 0 (default) times the first steps with 1 and with all cores and keeps
+the faster; --precision auto uses bf16 where the hardware computes it natively.
 
 Several GPUs or machines: start the same command with torchrun, which trains with PyTorch
 DistributedDataParallel (nccl on CUDA, one GPU per process; gloo on CPU). Each process draws its
@@ -30,12 +34,13 @@ rate and momentum against the paper's batch of one.
 Options are resolved as: defaults < --config FILE < command-line flags. --print-config prints
 every option with its default (or the resolved value) as TOML, which --config reads back.
 
-examples:
-  unetlab train synthetic --out runs/cells --width 16 --iterations 2000 --val synthetic
+examples (the first line writes a small dataset to try it on):
+  unetlab demo --data cells
+  unetlab train cells --out runs/cells --width 16 --depth 3 --iterations 2000 --val synthetic
   unetlab train ../shared/data/isbi2012/train --out runs/isbi --val val/ --width 32 --tile 380
   unetlab train --print-config > cfg.toml     # edit, then:
-  unetlab train --config cfg.toml --out runs/x
-  unetlab train --out runs/x --resume         # continue an interrupted run
+  unetlab train cells --config cfg.toml --out runs/x
+  unetlab train --out runs/cells --resume     # continue an interrupted run
   torchrun --nproc_per_node 4 -m unetlab train data/ --out runs/ddp      # 4 GPUs, one node
   torchrun --nproc_per_node 2 -m unetlab train synthetic --device cpu --threads 1  # 2 CPU procs
   torchrun --nnodes 2 --nproc_per_node 4 --rdzv-backend c10d --rdzv-endpoint head:29400 \\
@@ -51,6 +56,7 @@ _METAVARS = {
     "w0": "W0", "sigma": "PX", "seed": "S", "device": "auto|cpu|cuda", "grad_clip": "NORM",
     "norm": "none|batch|group|instance", "upsampling": "upconv|bilinear",
     "select": "rand_error|pixel_error|loss", "threads": "N", "dropout": "P",
+    "precision": "auto|fp32|bf16",
 }
 _TYPES = {"int": int, "float": float, "str": str}
 _GENERIC = {"int": "N", "float": "X", "str": "TEXT"}
@@ -59,7 +65,7 @@ _GENERIC = {"int": "N", "float": "X", "str": "TEXT"}
 def _options():
     from ..training import TrainConfig
 
-    return [f for f in fields(TrainConfig) if f.name not in ("data", "out")]
+    return [f for f in fields(TrainConfig) if f.name not in ("data", "out", "data_as_given")]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,6 +82,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue the run in RUN from its checkpoint.pt")
     p.add_argument("--print-config", action="store_true",
                    help="print every option (resolved) as TOML and exit")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write the run into a non-empty folder that holds no unetlab run")
     for f in _options():
         flag = "--" + f.name.replace("_", "-")
         doc = f"{f.metadata.get('doc', '')} (default {getattr(defaults, f.name)!r})"
@@ -92,71 +100,51 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def resolve(args: argparse.Namespace):
     """The TrainConfig of the command line: defaults < --config < flags (< the stored run
     configuration when resuming, which the flags may only change where allowed)."""
-    from pathlib import Path
+    from ..training.config import resolve_config
 
-    from ..errors import UnetlabError
-    from ..training import TrainConfig, config_from_mapping, load_config
-
-    cfg = TrainConfig()
-    if args.resume:
-        out = args.out or (load_config(args.config).out if args.config else None)
-        if out is None:
-            raise UnetlabError("--resume: give the run folder with --out RUN")
-        stored = Path(out) / "config.toml"
-        ckpt = Path(out) / "checkpoint.pt"
-        if stored.is_file():
-            cfg = load_config(stored)
-        elif ckpt.is_file():          # stopped between the checkpoint and config.toml writes
-            from ..checkpoint import safe_load
-
-            cfg = config_from_mapping(dict(safe_load(ckpt).get("config", {})), where=str(ckpt))
-        else:
-            raise UnetlabError(f"--resume: {stored}: no such file (is {out} a run folder?)")
-    if args.config:
-        cfg = load_config(args.config, cfg)
     flags = {f.name: getattr(args, f.name) for f in _options()}
-    flags = {k: v for k, v in flags.items() if v is not None}
-    if args.data is not None:
-        flags["data"] = args.data
-    if args.out is not None:
-        flags["out"] = args.out
-    return config_from_mapping(flags, cfg, where="command line").validate()
+    flags.update(data=args.data, out=args.out)
+    return resolve_config(flags, args.config, args.resume)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training import TrainingInterrupted, config_to_toml, train
+    from ..errors import UnetlabError
+    from ..training import TrainingInterrupted, config_to_toml, describe_models, train
 
     cfg = resolve(args)
     if args.print_config:
         sys.stdout.write(config_to_toml(cfg))
         return 0
     if args.data is None and not args.config and not args.resume:
-        from ..errors import UnetlabError
-
         raise UnetlabError("DATA: give the training data (a dataset folder or 'synthetic'), "
                            "or --config FILE, or --resume")
     from ..distributed import cleanup, init_distributed
 
     # under torchrun (WORLD_SIZE > 1): join the process group; nccl on the rank's GPU unless
     # --device cpu asks for gloo
-    backend = {"cpu": "gloo", "cuda": "nccl"}.get(cfg.device)
-    info = init_distributed(backend)
-    device = info.device if info.distributed else None
+    info = init_distributed({"cpu": "gloo"}.get(cfg.device, "nccl" if "cuda" in cfg.device
+                                                 else None))
+    inputs = (args.config,) if args.config and not args.resume else ()
     try:
-        out = train(cfg, resume=args.resume, rank=info.rank, world_size=info.world_size,
-                    device=device)
+        out = train(cfg, resume=args.resume, overwrite=args.overwrite, inputs=inputs,
+                    rank=info.rank, world_size=info.world_size,
+                    device=info.device if info.distributed else None)
     except TrainingInterrupted as e:
-        if info.rank != 0:
-            return 130
-        if e.saved:
-            print(f"\ninterrupted at iteration {e.iteration}: saved {e.run_dir / 'checkpoint.pt'}"
-                  f"; continue with: unetlab train --out {e.run_dir} --resume", file=sys.stderr)
-        else:
-            print(f"\naborted at iteration {e.iteration}: {e.run_dir / 'checkpoint.pt'} holds the "
-                  f"last saved state", file=sys.stderr)
-        return 130
+        if info.rank == 0:
+            _print_interrupted(e)
+        return e.exit_code
     finally:
         cleanup()
     if info.rank == 0:
-        print(f"trained: {out}/model.pt (log {out}/log.csv, curves {out}/curves.png)")
+        print(f"trained: {out} (log {out}/log.csv, curves {out}/curves.png)")
+        print("\n".join(describe_models(out)))
     return 0
+
+
+def _print_interrupted(e) -> None:
+    if e.saved:
+        print(f"\ninterrupted at iteration {e.iteration}: saved {e.run_dir / 'checkpoint.pt'}; "
+              f"continue with: unetlab train --out {e.run_dir} --resume", file=sys.stderr)
+    else:
+        print(f"\naborted at iteration {e.iteration}: {e.run_dir / 'checkpoint.pt'} holds the "
+              f"last saved state", file=sys.stderr)

@@ -1,0 +1,285 @@
+"""The training configuration: :class:`TrainConfig` (every option of ``unetlab train``), its
+checks, and its TOML form (``--print-config`` writes it, ``--config`` reads it back).
+
+Defaults follow Ronneberger et al. 2015, Sec. 3 (the choice of the default learning rate is
+recorded in docs/decisions.md).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import UnetlabError
+
+__all__ = ["TrainConfig", "config_to_toml", "config_from_mapping", "load_config",
+           "resolve_config", "MAX_SEED", "TOML_HEADER"]
+
+#: largest seed accepted (seeds are ≥ 0; derived seeds such as ``seed + 1000`` stay < 2**32)
+MAX_SEED = 2**31 - 1
+
+#: first line of every config.toml the trainer writes (marks a folder as a run folder)
+TOML_HEADER = "# unetlab train configuration (unetlab train --config FILE reads it back)"
+
+
+def _opt(default, doc: str):
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass
+class TrainConfig:
+    """Every option of ``unetlab train`` (the CLI flag is ``--name-with-dashes``).
+
+    Defaults follow the paper (Sec. 3): the 2015 network (width 64, depth 4, unpadded, dropout
+    0.5), one 572² tile per step, SGD with momentum 0.99, weight map w0 = 10, σ = 5 px with class
+    balance, elastic deformation + rotations/flips/shifts/grey values, He initialisation. The
+    default learning rate 0.001 (an effective SGD step of lr/(1 − 0.99) = 100·lr) is the fastest
+    stable rate measured; see docs/decisions.md.
+    """
+    # ---- data
+    data: str = _opt("synthetic", "training data: a folder/stack that unetlab.data.read_dataset "
+                     "reads, or 'synthetic' (generated touching cells); stored as an absolute "
+                     "path")
+    data_as_given: str = _opt("", "'data' as it was given (before it was made absolute)")
+    labels: str = _opt("", "explicit labels for 'data' (folder or file); '' = found by layout")
+    val: str = _opt("", "validation data (same forms as 'data'); '' = no validation")
+    val_labels: str = _opt("", "explicit labels for 'val'; '' = found by layout")
+    out: str = _opt("runs/train", "run folder (config.toml, checkpoint.pt, model.pt, best.pt, "
+                    "log.csv, curves.png)")
+    synthetic_images: int = _opt(8, "number of generated images when data is 'synthetic' "
+                                 "(validation 'synthetic' uses 2 others)")
+    synthetic_size: int = _opt(256, "side of the generated images (px); at least the "
+                               "network's smallest valid input tile")
+    synthetic_seed: int = _opt(0, "seed of the generated images (validation uses seed + 1)")
+    # ---- network (unetlab.model.UNet)
+    width: int = _opt(64, "channels of the first level (64 in the paper)")
+    depth: int = _opt(4, "number of 2×2 max poolings (4 in the paper)")
+    padding: str = _opt("valid", "'valid' (unpadded convolutions, the paper) or 'same'")
+    norm: str = _opt("none", "normalisation after each 3×3 conv: none, batch, group, instance")
+    dropout: float = _opt(0.5, "dropout probability at the end of the contracting path")
+    upsampling: str = _opt("upconv", "'upconv' (2×2 up-convolution, the paper) or 'bilinear'")
+    # ---- sampling
+    tile: int = _opt(0, "input tile side (px); 0 = the valid size nearest ≥ 572 (the paper's "
+                     "572 → 388 for depth 4)")
+    batch: int = _opt(1, "tiles per step (the paper: 1 large tile)")
+    iterations: int = _opt(5000, "number of optimiser steps")
+    augment: bool = _opt(True, "random elastic deformation (3×3 grid, σ 10 px), rotation, "
+                         "flips, shifts and grey values (Sec. 3.1)")
+    # ---- targets (Eq. 2)
+    w0: float = _opt(10.0, "border weight w0 of Eq. 2 (0 = no border term)")
+    sigma: float = _opt(5.0, "border width σ of Eq. 2 (px)")
+    balance: bool = _opt(True, "class-balance term w_c of Eq. 2")
+    # ---- optimiser
+    optimizer: str = _opt("sgd", "'sgd' (the paper) or 'adam'")
+    lr: float = _opt(0.001, "peak learning rate (loss = weighted mean over labelled pixels); "
+                     "with SGD momentum m the effective step is lr/(1−m) = 100·lr")
+    momentum: float = _opt(0.99, "SGD momentum (0.99 in the paper); Adam's beta1")
+    weight_decay: float = _opt(0.0, "L2 weight decay")
+    schedule: str = _opt("poly", "learning-rate decay: 'poly' (lr·(1−t)^0.9), 'cosine' or "
+                         "'constant'")
+    warmup: int = _opt(200, "iterations of linear learning-rate warm-up from 0")
+    grad_clip: float = _opt(0.0, "clip the global gradient norm to this value; 0 = off")
+    # ---- validation, logging, checkpoints
+    val_every: int = _opt(500, "validate every N iterations (and at the end)")
+    val_tta: bool = _opt(False, "validate with 8-fold test-time augmentation")
+    select: str = _opt("rand_error", "validation score for best.pt: rand_error, pixel_error "
+                       "or loss (lower is better)")
+    checkpoint_every: int = _opt(100, "write checkpoint.pt and model.pt every N iterations")
+    log_every: int = _opt(10, "write a log.csv row (mean loss) every N iterations")
+    # ---- execution
+    seed: int = _opt(0, "seed of initialisation, tiles, augmentation and dropout")
+    device: str = _opt("auto", "'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:N'")
+    precision: str = _opt("auto", "forward-pass precision: 'auto' (bf16 where the CPU/GPU "
+                          "computes it natively, else fp32), 'fp32' or 'bf16'; weights and "
+                          "loss stay fp32")
+    channels_last: bool = _opt(False, "channels_last memory format for training (NCHW was "
+                               "faster for the training step on CPU)")
+    prefetch: int = _opt(2, "tiles prepared ahead by a background thread; 0 = in the loop")
+    threads: int = _opt(0, "CPU threads for torch; 0 = measure the first steps with 1 thread "
+                        "and with all cores and keep the faster")
+    progress: bool = _opt(True, "show a progress bar")
+
+    # ------------------------------------------------------------------ checks
+    def check(self) -> "TrainConfig":
+        """Check every value; raise :class:`UnetlabError` naming the option. Returns self."""
+        for f in fields(self):
+            _check_type(f.name, getattr(self, f.name), f.type, "option")
+        self._check_choices()
+        self._check_ranges()
+        return self
+
+    def _bad(self, name: str, what: str):
+        raise UnetlabError(f"{name} (--{name.replace('_', '-')}): {what}, "
+                           f"got {getattr(self, name)!r}")
+
+    def _check_choices(self) -> None:
+        choices = {"padding": ("valid", "same"), "norm": ("none", "batch", "group", "instance"),
+                   "upsampling": ("upconv", "bilinear"), "optimizer": ("sgd", "adam"),
+                   "schedule": ("poly", "cosine", "constant"),
+                   "select": ("rand_error", "pixel_error", "loss"),
+                   "precision": ("auto", "fp32", "bf16")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                self._bad(name, f"must be one of {', '.join(allowed)}")
+        dev = self.device.strip().lower()
+        if not (dev in ("auto", "cpu", "cuda") or
+                (dev.startswith("cuda:") and dev[5:].isdigit())):
+            self._bad("device", "must be auto, cpu, cuda or cuda:N")
+        if not self.data:
+            self._bad("data", "no training data given")
+        if not self.out.strip():
+            self._bad("out", "empty run folder name (an unset shell variable?)")
+
+    def _check_ranges(self) -> None:
+        for name in ("width", "depth", "batch", "iterations", "val_every", "checkpoint_every",
+                     "log_every", "synthetic_images", "synthetic_size"):
+            if getattr(self, name) < 1:
+                self._bad(name, "must be ≥ 1")
+        if self.depth > 8:
+            self._bad("depth", "must be ≤ 8")
+        if self.threads > 1024:
+            self._bad("threads", "must be ≤ 1024 (0 = choose by measurement)")
+        for name in ("warmup", "prefetch", "tile", "threads"):
+            if getattr(self, name) < 0:
+                self._bad(name, "must be ≥ 0")
+        for name in ("seed", "synthetic_seed"):
+            if not 0 <= getattr(self, name) <= MAX_SEED:
+                self._bad(name, f"must be in 0 … {MAX_SEED}")
+        for name in ("lr", "sigma"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                self._bad(name, "must be a finite number > 0")
+        for name in ("w0", "weight_decay", "grad_clip"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                self._bad(name, "must be a finite number ≥ 0")
+        if not 0 <= self.momentum < 1:
+            self._bad("momentum", "must be in [0, 1)")
+        if not 0 <= self.dropout <= 1:
+            self._bad("dropout", "must be in [0, 1]")
+
+    def with_absolute_paths(self) -> "TrainConfig":
+        """A copy whose data paths (``data``, ``labels``, ``val``, ``val_labels``) are absolute,
+        so that a run folder is usable from any working folder; ``data_as_given`` keeps the
+        original ``data`` string. 'synthetic' and '' stay as they are."""
+        new = dataclasses.replace(self)
+        for name in ("data", "labels", "val", "val_labels"):
+            value = getattr(self, name)
+            if value and value != "synthetic":
+                absolute = str(Path(value).expanduser().absolute())
+                if name == "data" and absolute != value and not self.data_as_given:
+                    new.data_as_given = value
+                setattr(new, name, absolute)
+        return new
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
+
+
+def _check_type(name: str, value: Any, typ: Any, where: str) -> Any:
+    t = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
+    ok = {"int": isinstance(value, int) and not isinstance(value, bool),
+          "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+          "str": isinstance(value, str),
+          "bool": isinstance(value, bool)}.get(t, True)
+    if not ok:
+        raise UnetlabError(f"{where} '{name}' must be {_TYPE_WORDS.get(t, t)}, got {value!r}")
+    return float(value) if t == "float" else value
+
+
+# ---------------------------------------------------------------------------- config files
+def config_to_toml(config: TrainConfig, comments: bool = True, footer: str = "") -> str:
+    """The configuration as TOML, every option with a comment saying what it is; ``footer``
+    (comment lines, e.g. the resolved device and precision) is appended."""
+    import tomli_w
+
+    lines = [TOML_HEADER]
+    for f in fields(config):
+        if comments:
+            lines.append(f"# {f.metadata.get('doc', '')}")
+        lines.append(tomli_w.dumps({f.name: getattr(config, f.name)}).rstrip("\n"))
+    lines.extend(f"# {line}" for line in footer.splitlines())
+    return "\n".join(lines) + "\n"
+
+
+#: options of earlier versions: old name → function of its value giving (new name, new value)
+_RENAMED = {"amp": lambda on: ("precision", "auto" if on else "fp32")}
+
+
+def config_from_mapping(values: dict[str, Any], base: TrainConfig | None = None,
+                        where: str = "config") -> TrainConfig:
+    """``base`` (default: the defaults) updated with ``values``; unknown keys and wrong types
+    raise :class:`UnetlabError` naming the key (with a did-you-mean). The old ``amp`` option
+    is read as ``precision`` (true → 'auto', false → 'fp32')."""
+    names = [f.name for f in fields(TrainConfig)]
+    types = {f.name: f.type for f in fields(TrainConfig)}
+    out = dataclasses.replace(base) if base is not None else TrainConfig()
+    for key, value in values.items():
+        if key in _RENAMED and key not in names:
+            _check_type(key, value, "bool", f"{where}: option")
+            key, value = _RENAMED[key](value)
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UnetlabError(f"{where}: unknown option '{key}'{hint}")
+        setattr(out, key, _check_type(key, value, types[key], f"{where}: option"))
+    return out
+
+
+def _toml():
+    """The TOML reader: ``tomllib`` (Python ≥ 3.11) or the ``tomli`` package it came from."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:                                    # pragma: no cover - exercised on Python 3.10
+        import tomli as tomllib
+    return tomllib
+
+
+def load_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
+    """Read a TOML configuration written by ``--print-config`` (or any subset of it)."""
+    toml = _toml()
+    path = Path(path)
+    if not path.is_file():
+        raise UnetlabError(f"{path}: no such configuration file")
+    try:
+        values = toml.loads(path.read_text(encoding="utf-8"))
+    except (toml.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UnetlabError(f"{path}: not a valid TOML file ({e})") from None
+    nested = [k for k, v in values.items() if isinstance(v, dict)]
+    if nested:
+        raise UnetlabError(f"{path}: unexpected table [{nested[0]}]; options are top-level keys")
+    return config_from_mapping(values, base, where=str(path))
+
+
+def resolve_config(flags: dict[str, Any], config_file: str | None = None,
+                   resume: bool = False) -> TrainConfig:
+    """The configuration of a command line: defaults < ``config_file`` < ``flags`` (option name
+    → value, None = not given). With ``resume`` the run's own stored configuration
+    (``OUT/config.toml``, or its checkpoint when the run stopped before writing it) replaces
+    the defaults; the trainer then checks that only the options that may change did."""
+    flags = {k: v for k, v in flags.items() if v is not None}
+    cfg = TrainConfig()
+    if resume:
+        out = flags.get("out") or (load_config(config_file).out if config_file else None)
+        if out is None:
+            raise UnetlabError("--resume: give the run folder with --out RUN")
+        cfg = _stored_config(Path(out))
+    if config_file:
+        cfg = load_config(config_file, cfg)
+    return config_from_mapping(flags, cfg, where="command line").check()
+
+
+def _stored_config(run: Path) -> TrainConfig:
+    stored, ckpt = run / "config.toml", run / "checkpoint.pt"
+    if stored.is_file():
+        return load_config(stored)
+    if ckpt.is_file():          # stopped between the checkpoint and config.toml writes
+        from ..checkpoint import safe_load
+
+        return config_from_mapping(dict(safe_load(ckpt).get("config", {})), where=str(ckpt))
+    raise UnetlabError(f"--resume: {stored}: no such file (is {run} a run folder?)")
