@@ -323,13 +323,6 @@ PREDICT = [  # MODEL, IMAGES, extra
 ]
 
 
-def _has_predict() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("unetlab.commands.predict") is not None
-
-
-@pytest.mark.skipif(not _has_predict(), reason="unetlab predict is not there yet")
 @pytest.mark.parametrize("argv,names,problem", _cases(PREDICT))
 def test_predict_matrix(bad, tmp_path, capsys, argv, names, problem):
     out = tmp_path / "pred"
@@ -339,7 +332,6 @@ def test_predict_matrix(bad, tmp_path, capsys, argv, names, problem):
     assert not bad["evil_target"].exists()
 
 
-@pytest.mark.skipif(not _has_predict(), reason="unetlab predict is not there yet")
 def test_predict_bad_outputs(bad, capsys):
     res = run_cli(["predict", bad["model"], bad["good_img"], "--out", bad["unwritable"]], capsys)
     _check(res, bad, ["a_file.txt"], None)
@@ -429,7 +421,6 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
     assert not [n for n in os.listdir(run) if ".tmp" in n], os.listdir(run)
 
 
-@pytest.mark.skipif(not _has_predict(), reason="unetlab predict is not there yet")
 def test_predict_output_names_stay_inside_out(bad, tmp_path, capsys):
     """Output names derived from input names cannot escape --out (nor hide in it)."""
     from cli_helpers import cells, write_png
@@ -450,7 +441,6 @@ def test_predict_output_names_stay_inside_out(bad, tmp_path, capsys):
     assert [p for p in tmp_path.rglob("*_prob.tif") if p.parent != out] == []
 
 
-@pytest.mark.skipif(not _has_predict(), reason="unetlab predict is not there yet")
 def test_images_smaller_than_the_context_work(bad, tmp_path, capsys):
     """Not an error: an image smaller than the network's context (3×3 px; the depth-1 network
     sees 12 px per side) is mirror-padded as in the paper's Fig. 2, in training and prediction."""
