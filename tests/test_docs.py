@@ -13,8 +13,9 @@ What may differ from the text, all declared below and nowhere else:
 * ``NOT_COMMANDS``: blocks of the docs that are not commands (a tree, a diagram, printed output)
   and are not fenced as ```text.
 
-The help examples run in a folder prepared as the help texts assume: ``unetlab demo --data
-cells`` (a small synthetic dataset) and a tiny model at ``runs/demo/model.pt``.
+The help examples run in one folder prepared as the help texts assume: ``unetlab demo --data
+cells`` (a small synthetic dataset) and a tiny model at ``runs/demo/model.pt`` (where
+``make demo`` leaves its model; the folder marked as the demo's).
 """
 from __future__ import annotations
 
@@ -179,8 +180,12 @@ def _prepare(group: str, root: Path, ws: Workspace) -> None:
         pytest.skip(f"shared data not available: {ISBI}")
     if group == "help":
         ws._run(Case(group, 0, "unetlab demo --data cells"), -1)  # noqa: SLF001
-        (root / "runs" / "demo").mkdir(parents=True, exist_ok=True)
-        tiny_model(root / "runs" / "demo" / "model.pt", depth=2)
+        from unetlab.demo import DEMO_MARKER
+
+        demo = root / "runs" / "demo"            # where `make demo` leaves its model
+        demo.mkdir(parents=True, exist_ok=True)
+        tiny_model(demo / "model.pt", depth=2)
+        (demo / DEMO_MARKER).write_text("{}")     # a demo folder: a new demo may replace it
     if group == "docs/distributed.md":
         _zarr_inputs(root)
 
