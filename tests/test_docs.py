@@ -12,6 +12,8 @@ What may differ from the text, all declared below and nowhere else:
   strict, so a fixed one fails the test until its entry is deleted.
 * ``NOT_COMMANDS``: blocks of the docs that are not commands (a tree, a diagram, printed output)
   and are not fenced as ```text.
+* ``PRELUDE`` / ``EPILOGUE``: the README snippet's undefined inputs (``instance_labels``,
+  ``big_image``: a small synthetic image), and asserts of what its comments promise.
 
 The help examples run in one folder prepared as the help texts assume: ``unetlab demo --data
 cells`` (a small synthetic dataset) and a tiny model at ``runs/demo/model.pt`` (where
@@ -122,6 +124,16 @@ PRELUDE = {
 }
 
 
+#: what the README's snippet says in its comments, checked after it runs
+EPILOGUE = {
+    ("README.md", "from unetlab import UNet, weight_map, predict_tiled"):
+        "\nassert (net.output_size(572), net.context) == (388, 92)\n"
+        "assert sum(p.numel() for p in net.parameters()) == 31_030_658\n"
+        "assert w.shape == instance_labels.shape and w.max() > 5 * w.min()\n"
+        "assert prob.shape == (2, *big_image.shape), prob.shape\n",
+}
+
+
 def _match(table, case: Case):
     for row in table:
         if case.source.startswith(row[0]) and case.text.startswith(row[1]):
@@ -146,7 +158,7 @@ def _rewrite(case: Case) -> str:
     _USED.update(idx[k] for k in used)
     for (src, first), prelude in PRELUDE.items():
         if case.source == src and case.text.startswith(first):
-            text = prelude + text
+            text = prelude + text + EPILOGUE.get((src, first), "")
     return text
 
 

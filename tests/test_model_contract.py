@@ -37,19 +37,12 @@ _ROWS = [
     ("same", "group", 3, 8, "upconv", 0.0, 1, 2),
 ]
 VARIANTS = [dict(zip(_KEYS, row)) for row in _ROWS]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _id(kw: dict) -> str:
     return "{padding}-{norm}-d{depth}-w{width}-{upsampling}-p{dropout}-c{in_channels}-k{num_classes}" \
         .format(**kw)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _net(kw: dict) -> UNet:
