@@ -111,6 +111,31 @@ def doc_cases(path: Path, not_commands: dict[tuple[str, str], str]) -> list[Case
     return cases
 
 
+def option_mentions(path: Path) -> list[Case]:
+    """Every ``--option`` inside an inline code span of the prose (outside fences), as a case
+    ``"option --NAME: `SPAN`"`` (kind "option")."""
+    rel = path.relative_to(REPO).as_posix()
+    out, fenced = [], False
+    for i, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if raw.strip().startswith("```"):
+            fenced = not fenced
+            continue
+        if fenced:
+            continue
+        for span in re.findall(r"`([^`]+)`", raw):
+            for opt in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", span):
+                out.append(Case(rel, i, f"option {opt}: `{span}`", "option"))
+    return out
+
+
+def all_options() -> set[str]:
+    """The option strings of every verb of ``unetlab``."""
+    from unetlab.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.choices)  # noqa: SLF001
+    return {o for p in sub.choices.values() for a in p._actions for o in a.option_strings}
+
+
 def help_cases(verb: str) -> list[Case]:
     """The ``Examples`` lines of ``unetlab VERB --help`` (after ``examples:`` in the epilog)."""
     from unetlab.cli import build_parser

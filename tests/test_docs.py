@@ -30,7 +30,8 @@ import pytest
 
 from cli_helpers import REPO, tiny_model
 from conftest import SHARED_DATA
-from doc_commands import Case, Workspace, doc_cases, help_cases, substitute
+from doc_commands import (Case, Workspace, all_options, doc_cases, help_cases, option_mentions,
+                          substitute)
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 VERBS = ("train", "predict", "evaluate", "demo", "weights", "augment", "export", "report")
@@ -106,7 +107,12 @@ EXPECTED_TO_FAIL_TODAY: list[tuple[str, str, str]] = [
     ("weights --help", "unetlab weights labels.png", _NOT_THERE),
     ("augment --help", "unetlab augment ../shared/data/isbi2012 ", _NOT_THERE),
     ("augment --help", "unetlab augment image.tif --labels labels.tif", _NOT_THERE),
+    ("README.md", "option --data:", "demo --data does not exist yet"),
+    ("docs/distributed.md", "option --overwrite:", "no verb has --overwrite yet"),
 ]
+
+#: options of other programs that the docs name in inline code
+FOREIGN_OPTIONS = {"--index-url"}
 
 #: (doc, first line of the block): blocks that are not commands
 NOT_COMMANDS = {
@@ -264,6 +270,16 @@ def test_documented_command_runs_as_written(case, workspaces):
     assert "this is a bug" not in res.err
 
 
+OPTIONS = [c for doc in DOCS for c in option_mentions(doc)]
+
+
+@pytest.mark.parametrize("case", [_param(c) for c in OPTIONS])
+def test_every_option_named_in_the_prose_exists(case):
+    """An option in the docs' text (not only in their commands) is one that unetlab has."""
+    opt = case.text.split()[1].rstrip(":")
+    assert opt in all_options() | FOREIGN_OPTIONS, f"{case.id}: no verb has {opt}"
+
+
 def test_every_doc_and_verb_has_commands_and_every_table_entry_is_used():
     sources = {c.source for c in CASES}
     for doc in ("README.md", "docs/isbi2012.md", "docs/tutorial-cells.md",
@@ -273,7 +289,7 @@ def test_every_doc_and_verb_has_commands_and_every_table_entry_is_used():
         assert f"{verb} --help" in sources, f"unetlab {verb} --help shows no examples"
     for table in (SKIP, SLOW, EXPECTED_TO_FAIL_TODAY):
         for row in table:
-            assert any(_match([row], c) for c in CASES), f"stale entry: {row}"
+            assert any(_match([row], c) for c in CASES + OPTIONS), f"stale entry: {row}"
     for doc, first in NOT_COMMANDS:
         assert any(doc == d.relative_to(REPO).as_posix() and first in d.read_text()
                    for d in DOCS), f"stale NOT_COMMANDS entry: {doc}: {first}"
