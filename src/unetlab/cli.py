@@ -26,7 +26,11 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``unetlab`` parser. Every verb module is imported (for its one-line ``HELP``), but
+    only the verb named in ``argv`` (``None``: all of them) adds its options, so
+    ``unetlab --help`` and ``unetlab VERB --help`` do not import what the other verbs need.
+    A verb module that is missing or broken is an error, never silently dropped."""
     parser = _OneLineParser(
         prog="unetlab",
         description="U-Net (Ronneberger, Fischer & Brox 2015) for microscopy segmentation: "
@@ -38,15 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"unetlab {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_OneLineParser)
+    chosen = _chosen_verb(argv)
     for verb in VERBS:
-        try:
-            mod = importlib.import_module(f"unetlab.commands.{verb}")
-        except ModuleNotFoundError as e:
-            if e.name == f"unetlab.commands.{verb}":
-                continue
-            raise
+        mod = importlib.import_module(f"unetlab.commands.{verb}")
         p = sub.add_parser(verb, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        if chosen is not None and verb != chosen:
+            continue
         p.add_argument("--debug", action="store_true",
                        help="show the full traceback on errors")
         mod.add_arguments(p)
@@ -54,8 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _chosen_verb(argv: Sequence[str] | None) -> str | None:
+    """The verb the command line names (the first argument that is not an option), or
+    ``None`` when ``argv`` is ``None`` (build every verb's options)."""
+    if argv is None:
+        return None
+    for a in argv:
+        if not a.startswith("-"):
+            return a if a in VERBS else None
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:
         parser.print_help()
