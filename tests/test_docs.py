@@ -298,3 +298,21 @@ def test_every_doc_and_verb_has_commands_and_every_table_entry_is_used():
                   for c in CASES)
         hit = hit or k in _USED
         assert hit, f"stale substitution: {SUBSTITUTIONS[k]}"
+
+
+def test_setup_shows_progress_and_ci_runs_make_test():
+    """`make` says what it installs, step by step, never with pip's -q; CI runs `make test`;
+    TORCH_INDEX chooses the index of the torch wheel (e.g. the CPU-only build)."""
+    import shutil
+    import subprocess
+
+    assert "\nmake test\n" in (REPO / ".ci" / "run").read_text()
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    dry = subprocess.run(["make", "-n", "-B", "install", "TORCH_INDEX=https://example.org/cpu"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60).stdout
+    assert dry.count("==> [") == 3, dry
+    pip = [ln for ln in dry.splitlines() if "pip install" in ln]
+    assert len(pip) == 2 and not any(" -q" in ln for ln in pip), pip
+    assert "--index-url https://example.org/cpu 'torch==" in pip[0]
+    assert "-e '.[dev]'" in pip[1]
