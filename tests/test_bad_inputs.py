@@ -1,4 +1,4 @@
-"""The bad-input matrix, through the real CLI (issue 9).
+"""The bad-input matrix, through the real CLI.
 
 One parametrised test per verb runs every bad input of that verb through ``unetlab.cli.main``
 (in-process, for speed) and checks the contract of ``unetlab.cli``:
@@ -340,7 +340,7 @@ def test_predict_bad_outputs(bad, capsys):
 
 
 def test_matrix_size():
-    """The issue asks for at least 25 distinct bad inputs across the verbs."""
+    """At least 25 distinct bad inputs across the verbs, 100 cases in all."""
     ids = {row[0] for table in (WEIGHTS, TRAIN, EVALUATE, AUGMENT, EXPORT, PREDICT)
            for row in table}
     assert len(ids) >= 25
