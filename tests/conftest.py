@@ -35,3 +35,15 @@ def shared_data() -> Path:
 def shared_file():
     """A function ``(*parts) -> Path`` that skips the test when the file is absent."""
     return shared_path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for the module's tests (tiny networks: threads only cost), restored
+    afterwards. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 
 import numpy as np
@@ -16,10 +15,6 @@ from unetlab.errors import UnetlabError
 from unetlab.metrics import isbi2012
 from unetlab.synthetic import touching_cells_arrays, touching_pairs
 from unetlab.weights import separate_instances
-
-_NEEDED = ("unetlab.training", "unetlab.predict", "unetlab.postprocess", "unetlab.metrics",
-           "unetlab.augment")
-_MISSING = [m for m in _NEEDED if importlib.util.find_spec(m) is None]
 
 
 def test_settings_and_bad_options(capsys):
@@ -151,7 +146,6 @@ def test_evaluate_perfect_and_merged_prediction():
     json.dumps(m2)                                          # the report stores it as JSON
 
 
-@pytest.mark.skipif(bool(_MISSING), reason=f"demo needs modules not written yet: {_MISSING}")
 def test_demo_quick_end_to_end(tmp_path, capsys):
     from test_report import _images_of
 

@@ -15,26 +15,25 @@ from unetlab import metrics
 from unetlab.cli import main
 from unetlab.evaluation import to_probability
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "examples" / "metrics"
+EXAMPLES = Path(__file__).resolve().parent / "data" / "fiji"  # the organisers' values
 
 
 def _example(name):
     d = EXAMPLES / name
-    if not (d / "expected_fiji.json").exists():
-        pytest.skip(f"shared example not available: {d}")
     return (np.load(d / "gt.npy"), np.load(d / "prob.npy"),
             json.loads((d / "expected_fiji.json").read_text()))
 
 
-def _folders(tmp_path):
-    """em1 and em2 as a folder of float TIFF predictions and a folder of 8-bit PNG labels."""
+def _folders(tmp_path, cases=("em1_tradeoff_free", "em2_tradeoff"), stems=None):
+    """The cases as a folder of float TIFF predictions and a folder of 8-bit PNG labels, one
+    pair per case named by ``stems`` (default: the case names)."""
     pred, gt = tmp_path / "pred", tmp_path / "gt"
     pred.mkdir()
     gt.mkdir()
-    for name in ("em1_tradeoff_free", "em2_tradeoff"):
+    for name, stem in zip(cases, stems or cases):
         g, p, _ = _example(name)
-        tifffile.imwrite(pred / f"{name}_prob.tif", p.astype(np.float32))
-        iio.imwrite(gt / f"{name}.png", (g * 255).astype(np.uint8))
+        tifffile.imwrite(pred / f"{stem}_prob.tif", p.astype(np.float32))
+        iio.imwrite(gt / f"{stem}.png", (g * 255).astype(np.uint8))
     return pred, gt
 
 
@@ -45,16 +44,22 @@ def test_isbi_folders_reproduce_fiji_and_write_outputs(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "warping error" in printed and "Rand error" in printed
 
-    g1, p1, _ = _example("em1_tradeoff_free")
-    g2, p2, _ = _example("em2_tradeoff")
-    expect = metrics.isbi2012(np.stack([g1, g2]), np.stack([p1, p2]))
+    # the organisers' numbers: the stack's warping error per threshold is the sum of Fiji's
+    # split + merge pixel counts of both 10×10 slices over their 200 pixels; the ISBI value is
+    # the minimum over the thresholds 0.0 … 0.9
+    _, _, e1 = _example("em1_tradeoff_free")
+    g2, p2, e2 = _example("em2_tradeoff")
+    key = "splits_mergers_pixel_count_per_threshold"
+    warping = (np.array(e1[key]) + np.array(e2[key])) / 200
     res = json.loads((out / "metrics.json").read_text())
-    for k in ("pixel_error", "rand_error", "warping_error"):
-        assert res[k] == pytest.approx(expect[k], abs=1e-12)
+    assert res["warping_error"] == pytest.approx(warping[:10].min(), abs=1e-12)
     assert res["slices"] == ["em1_tradeoff_free", "em2_tradeoff"]
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert len(rows) == 11
-    assert float(rows[5]["rand_f"]) == pytest.approx(expect["per_threshold"][5]["rand_f"])
+    for row, w, th in zip(rows, warping, e1["thresholds"]):
+        assert float(row["threshold"]) == pytest.approx(th, abs=1e-12)
+        assert float(row["warping_error"]) == pytest.approx(w, abs=1e-12)
+    assert float(rows[5]["rand_f"]) == pytest.approx(res["per_threshold"][5]["rand_f"])
     # pictures at the best warping threshold: cyan marks exactly where merges are, red where
     # splits are
     th = res["warping_threshold"]
@@ -66,6 +71,19 @@ def test_isbi_folders_reproduce_fiji_and_write_outputs(tmp_path, capsys):
     assert cyan.any() == bool((cls == metrics.WARP_MERGE).any())
     assert red.any() == bool((cls == metrics.WARP_SPLIT).any())
     assert not list(out.glob(".*tmp*"))  # atomic writes left no temporary files
+
+
+def test_two_equal_slices_reproduce_fijis_values(tmp_path, capsys):
+    """Every count of a stack of two copies of em2 doubles, so its pixel, Rand and warping
+    errors are exactly the organisers' single-slice values."""
+    pred, gt = _folders(tmp_path, ("em2_tradeoff", "em2_tradeoff"), ("a", "b"))
+    out = tmp_path / "out"
+    assert main(["evaluate", str(pred), str(gt), "--out", str(out), "--no-pictures"]) == 0
+    _, _, exp = _example("em2_tradeoff")
+    res = json.loads((out / "metrics.json").read_text())
+    assert res["slices"] == ["a", "b"]
+    for k in ("pixel_error", "rand_error", "warping_error"):
+        assert res[k] == pytest.approx(exp[f"isbi2012_{k}"], abs=1e-12), k
 
 
 def test_single_slice_example_matches_expected_json(tmp_path):

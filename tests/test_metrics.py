@@ -1,7 +1,6 @@
-"""unetlab.metrics: ISBI 2012 pixel/Rand/warping error exactly as Fiji (shared/METRICS.md), SEG,
-matching, IoU.
+"""unetlab.metrics: ISBI 2012 pixel/Rand/warping error exactly as Fiji, SEG, matching, IoU.
 
-References: the organisers' own numbers (shared/examples/metrics/*/expected_fiji.json, produced
+References: the organisers' own numbers (tests/data/fiji/*/expected_fiji.json, produced
 by the unmodified Fiji classes), the slow step-by-step reference tests/reference/naive_metrics.py,
 scikit-image's adapted_rand_error, and hand-computed cases.
 """
@@ -20,15 +19,13 @@ from unetlab import _isbi, metrics
 from unetlab.errors import UnetlabError
 from unetlab.metrics import WARP_MERGE, WARP_SPLIT
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "examples" / "metrics"
+EXAMPLES = Path(__file__).resolve().parent / "data" / "fiji"  # the organisers' values
 CASES = ["em1_tradeoff_free", "em2_tradeoff", "em3_constant"]
 FOUR = ndimage.generate_binary_structure(2, 1)
 
 
 def _case(name):
     d = EXAMPLES / name
-    if not (d / "expected_fiji.json").exists():
-        pytest.skip(f"shared example not available: {d}")
     return (np.load(d / "gt.npy"), np.load(d / "prob.npy"),
             json.loads((d / "expected_fiji.json").read_text()))
 

@@ -222,27 +222,46 @@ def test_interrupted_write_leaves_nothing_complete(tmp_path, capsys, monkeypatch
         monkeypatch.setattr(pr, "predict_tiled", real)
 
 
+def _identity_model(path: Path) -> Path:
+    """A depth-2 "same" U-Net whose cell logit is 10·relu(image) − 2 (the image as normalised
+    by predict): only the identity path through the first level and the top skip is non-zero."""
+    net = UNet(depth=2, width=3, padding="same")
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        route = [*net.down[0].modules(), *net.up_blocks[-1].modules()]
+        for conv in (m for m in route if isinstance(m, torch.nn.Conv2d)):
+            conv.weight[0, 0, 1, 1] = 1.0                   # 3×3 centre tap: channel 0 passes
+        net.head.weight[1, 0] = 10.0
+        net.head.bias[1] = -2.0
+    save_model(net, path)
+    return path
+
+
 def test_seed_h_reaches_the_watershed(tmp_path, capsys):
-    """--seed-h is passed to postprocess.to_instances(h=...): the labels equal a direct call
-    with h=1 and differ from the default h=2 (so the test fails if the option is ignored)."""
+    """--seed-h is passed to postprocess.to_instances(h=...): two discs joined by a neck (the
+    smaller disc's distance maximum is ~4 px above the neck) are two cells with --seed-h 1 and
+    one with --seed-h 6; the default h (2) would give two for both."""
     import imageio.v3 as iio
 
     from unetlab.postprocess import to_instances
 
-    model = _model(tmp_path / "model.pt")
-    iio.imwrite(tmp_path / "a.png", _cells((90, 100)))
-    out = tmp_path / "out"
-    base = ["predict", str(model), str(tmp_path / "a.png"), "--out", str(out), "--tile", "60",
-            "--quiet", "--no-overlay"]
-    assert main(base) == 0, capsys.readouterr().err
-    prob = tifffile.imread(out / "a_prob.tif")
-    thr = float(np.median(prob))               # a foreground of many touching blobs
-    by_h = {h: to_instances(prob, threshold=thr, h=h) for h in (1.0, 2.0)}
-    assert by_h[1.0].max() > by_h[2.0].max() > 0          # h matters on this map
-    rc = main(base + ["--instances", "--seed-h", "1", "--threshold", str(thr), "--overwrite"])
-    assert rc == 0, capsys.readouterr().err
-    lab = tifffile.imread(out / "a_labels.tif")
-    assert np.array_equal(lab, by_h[1.0])
+    model = _identity_model(tmp_path / "model.pt")
+    yy, xx = np.mgrid[:48, :64]
+    img = np.zeros((48, 64), np.uint8)
+    img[((yy - 24) ** 2 + (xx - 22) ** 2 <= 100) | ((yy - 24) ** 2 + (xx - 38) ** 2 <= 81)] = 200
+    iio.imwrite(tmp_path / "a.png", img)
+    counts = {}
+    for h in (1, 6):
+        out = tmp_path / f"out{h}"
+        rc = main(["predict", str(model), str(tmp_path / "a.png"), "--out", str(out),
+                   "--instances", "--quiet", "--seed-h", str(h), "--no-overlay"])
+        assert rc == 0, capsys.readouterr().err
+        prob = tifffile.imread(out / "a_prob.tif")
+        lab = tifffile.imread(out / "a_labels.tif")
+        assert np.array_equal(lab, to_instances(prob, h=float(h)))
+        counts[h] = int(lab.max())
+    assert counts == {1: 2, 6: 1}
     assert main(["predict", str(model), str(tmp_path / "a.png"), "--out", str(out),
                  "--seed-h", "nan"]) == 2
     assert "--seed-h" in capsys.readouterr().err

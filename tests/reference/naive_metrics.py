@@ -1,4 +1,4 @@
-"""Slow, straightforward reference of the ISBI 2012 metrics (shared/METRICS.md §2–§3).
+"""Slow, straightforward reference of the ISBI 2012 metrics (pixel, Rand and warping error).
 
 Written step by step the way the organisers' Fiji code works, with no lookup tables and no
 compiled code: the simple-point test labels the 3×3 patch with ``scipy.ndimage.label`` (Fiji's
