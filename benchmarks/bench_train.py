@@ -24,7 +24,7 @@ from unetlab.data import TileSampler
 from unetlab.loss import weighted_cross_entropy
 from unetlab.model import UNet
 from unetlab.synthetic import touching_cells
-from unetlab.training import _data_rng, _Prefetcher
+from unetlab.training.prefetch import Prefetcher, data_rng
 from unetlab.weights import training_targets
 
 STEPS = 6
@@ -44,7 +44,7 @@ def _case(width: int, depth: int, tile: int, table: Table) -> None:
     print(f"weight maps of 4 images 512² (once per image): {time.perf_counter() - t0:.2f} s")
 
     def batch(sampler, it):
-        x, c, w = sampler.sample(_data_rng(0, 0, it))
+        x, c, w = sampler.sample(data_rng(0, 0, it))
         return (torch.from_numpy(x[None]), torch.from_numpy(c[None]), torch.from_numpy(w[None]))
 
     def step(x, c, w):
@@ -65,7 +65,7 @@ def _case(width: int, depth: int, tile: int, table: Table) -> None:
             step(*batch(aug, i))
 
     def run_prefetch():
-        pf = _Prefetcher(functools.partial(batch, aug), 0, STEPS, 2)
+        pf = Prefetcher(functools.partial(batch, aug), 0, STEPS, 2)
         try:
             for i in range(STEPS):
                 step(*pf.get(i))

@@ -219,20 +219,21 @@ def _reference(cfg, ranks: tuple[int, ...]) -> dict:
     """One process: the trainer's model init, tile sampling (per rank: SeedSequence([seed,
     rank, i])), loss, optimiser and learning-rate schedule; at every step the gradient of each
     rank's tiles is computed on its own and the gradients are averaged."""
-    from unetlab.training import (_build_net, _load_samples, _make_optimizer, _make_sampler,
-                                  _sample_batch, _torch_seed, lr_at)
+    from unetlab.training import lr_at
+    from unetlab.training.build import build_net, load_samples, make_optimizer, make_sampler
+    from unetlab.training.prefetch import sample_batch, torch_seed
 
-    samples, _ = _load_samples(cfg)
+    samples, _ = load_samples(cfg)
     torch.manual_seed(cfg.seed)
-    net, tile, out = _build_net(cfg, samples[0].channels)
-    sampler = _make_sampler(cfg, samples, tile, out)
-    opt = _make_optimizer(cfg, net.parameters())
+    net, tile, out = build_net(cfg, samples[0].channels)
+    sampler = make_sampler(cfg, samples, tile, out)
+    opt = make_optimizer(cfg, net.parameters())
     for it in range(cfg.iterations):
         grads = []
         for r in ranks:
-            x, c, w = _sample_batch(sampler, cfg, r, it)
+            x, c, w = sample_batch(sampler, cfg.batch, cfg.seed, r, it)
             net.zero_grad(set_to_none=True)
-            torch.manual_seed(_torch_seed(cfg.seed, r, it))
+            torch.manual_seed(torch_seed(cfg.seed, r, it))
             weighted_cross_entropy(net(x), c, w).backward()
             grads.append([p.grad.clone() for p in net.parameters()])
         for p, *gs in zip(net.parameters(), *grads):
@@ -250,8 +251,9 @@ def _maxdiff(a: dict, b: dict) -> float:
 
 def test_torchrun_two_ranks_equal_one_process_averaging_two_tiles(ddp_runs, one_thread):
     from unetlab.checkpoint import safe_load
-    from unetlab.training import (_build_net, _load_samples, _make_sampler, _sample_batch,
-                                  load_config)
+    from unetlab.training.build import build_net, load_samples, make_sampler
+    from unetlab.training.prefetch import sample_batch
+    from unetlab.training import load_config
 
     run, stdout, _ = ddp_runs
     # rank 0 alone wrote the run folder and printed
@@ -266,16 +268,16 @@ def test_torchrun_two_ranks_equal_one_process_averaging_two_tiles(ddp_runs, one_
     cfg = load_config(run / "config.toml")
     assert (cfg.width, cfg.depth, cfg.dropout, cfg.augment) == (4, 2, 0.0, True)
     # the two ranks draw different tiles
-    samples, _ = _load_samples(cfg)
-    net, tile, out = _build_net(cfg, samples[0].channels)
-    sampler = _make_sampler(cfg, samples, tile, out)
-    assert not torch.equal(_sample_batch(sampler, cfg, 0, 0)[0],
-                           _sample_batch(sampler, cfg, 1, 0)[0])
+    samples, _ = load_samples(cfg)
+    net, tile, out = build_net(cfg, samples[0].channels)
+    sampler = make_sampler(cfg, samples, tile, out)
+    assert not torch.equal(sample_batch(sampler, cfg.batch, cfg.seed, 0, 0)[0],
+                           sample_batch(sampler, cfg.batch, cfg.seed, 1, 0)[0])
 
     got = _weights(run)
     ref = _reference(cfg, (0, 1))
     torch.manual_seed(cfg.seed)
-    start = _build_net(cfg, samples[0].channels)[0].state_dict()
+    start = build_net(cfg, samples[0].channels)[0].state_dict()
     assert _maxdiff(ref, start) > 1e-3                 # the steps moved the weights
     assert _maxdiff(got, ref) < 1e-5
     # rank 0's tiles alone give other weights: both ranks' gradients entered every step

@@ -196,8 +196,6 @@ def export_bioimageio(model, out, *, name: str | None = None, description: str |
 def _describe(spec, net, d: Path, name, description, authors, license):
     import torch
 
-    from .model import UNet  # noqa: F401 - the architecture's callable name
-
     version = spec.Version(torch.__version__.split("+")[0])
     cite = [spec.CiteEntry(text="Ronneberger, Fischer, Brox: U-Net: Convolutional Networks for "
                                 "Biomedical Image Segmentation. MICCAI 2015", doi=PAPER_DOI)]

@@ -225,7 +225,7 @@ def evaluate_demo(gt_instances: np.ndarray, prob_cell: np.ndarray, pred_instance
                   warping_crop: int = 0) -> dict[str, Any]:
     """All the demo's metrics of one predicted image against its ground truth instances."""
     from .metrics import isbi2012, matching, seg
-    from .report import split_merge_map
+    from .metrics import split_merge_map
     from .weights import separate_instances
 
     gt_cells = separate_instances(gt_instances)          # Fig. 3c: touching cells separated

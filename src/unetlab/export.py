@@ -55,26 +55,31 @@ class _WithSoftmax(nn.Module):
         return torch.softmax(self.net(x), dim=1)
 
 
-def example_size(net: UNet, at_least: int | None = None) -> int:
-    """A small valid input size (pixels) to trace with: the smallest valid size ≥ ``at_least``
-    (default: 2·lattice, so that every level has a few pixels)."""
-    return net.valid_input_size(at_least if at_least is not None else 2 * net.lattice)
+def example_size(net: UNet, at_least: int | None = None) -> tuple[int, ...]:
+    """A small valid input shape (pixels per spatial axis) to trace with: per axis the smallest
+    valid size ≥ ``at_least`` (default: 2·lattice of that axis, so that every level has a few
+    pixels)."""
+    want = tuple(at_least if at_least is not None else 2 * lat for lat in net.lattices)
+    return tuple(net.valid_input_size(want))
 
 
 def export_metadata(net: UNet, probabilities: bool = False) -> dict:
     """What a user of the exported file needs to feed it: architecture, context, valid sizes."""
     from . import __version__
 
-    smallest = net.valid_input_size(1)
-    if net.padding == "same":
-        rule = f"multiple of {net.lattice}"
-    else:
-        rule = (f"n >= {smallest} and n % {net.lattice} == {smallest % net.lattice}; "
-                f"output n - {2 * net.context}")
+    smallest = net.valid_input_size((1,) * net.spatial_dims)
+    rules = []
+    for lat, low, ctx in zip(net.lattices, smallest, net.contexts):
+        if net.padding == "same":
+            rules.append(f"multiple of {lat}")
+        else:
+            rules.append(f"n >= {low} and n % {lat} == {low % lat}; output n - {2 * ctx}")
+    axes = "(N, C, H, W)" if net.spatial_dims == 2 else "(N, C, D, H, W)"
     return {"unetlab_version": __version__, "config": net.config(),
             "output": "probabilities" if probabilities else "logits",
-            "input": "(N, C, H, W) float32, normalised as unetlab.data.normalize_image",
-            "context": net.context, "lattice": net.lattice, "valid_sizes": rule}
+            "input": f"{axes} float32, normalised as unetlab.data.normalize_image",
+            "context": net.context, "lattice": net.lattice,
+            "valid_sizes": rules[0] if len(set(rules)) == 1 else rules}
 
 
 def _prepare(net: UNet, probabilities: bool) -> nn.Module:
@@ -113,13 +118,12 @@ def export_torchscript(net: UNet, out: str | os.PathLike, probabilities: bool = 
                        trace_size: int | None = None) -> Path:
     """Trace ``net`` (eval mode, CPU) and save it as TorchScript at ``out``; returns ``out``.
 
-    ``trace_size``: input size (pixels, square) of the example used for tracing; default
+    ``trace_size``: input size (pixels, every axis) of the example used for tracing; default
     :func:`example_size`. The traced graph accepts other valid sizes too.
     """
     out = _check_out(out)
-    n = example_size(net, trace_size)
     module = _prepare(net, probabilities)
-    x = torch.zeros(1, net.in_channels, n, n)
+    x = torch.zeros(1, net.in_channels, *example_size(net, trace_size))
     with _quiet(), torch.no_grad():
         traced = torch.jit.trace(module, x, check_trace=False)
     extra = {"unetlab.json": json.dumps(export_metadata(net, probabilities))}
@@ -155,12 +159,12 @@ def export_onnx(net: UNet, out: str | os.PathLike, probabilities: bool = False,
                            "pip install 'unetlab[onnx]' (onnx and onnxruntime)") from None
 
     out = _check_out(out)
-    n = example_size(net, trace_size)
     module = _prepare(net, probabilities)
-    x = torch.zeros(1, net.in_channels, n, n)
+    x = torch.zeros(1, net.in_channels, *example_size(net, trace_size))
     name = "probabilities" if probabilities else "logits"
-    axes = {"image": {0: "batch", 2: "height", 3: "width"},
-            name: {0: "batch", 2: "out_height", 3: "out_width"}}
+    space = ("height", "width") if net.spatial_dims == 2 else ("depth", "height", "width")
+    axes = {"image": {0: "batch", **{2 + i: a for i, a in enumerate(space)}},
+            name: {0: "batch", **{2 + i: f"out_{a}" for i, a in enumerate(space)}}}
     try:
         with atomic_path(out) as tmp:
             with _quiet(), torch.no_grad():

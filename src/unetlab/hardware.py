@@ -100,16 +100,22 @@ def resolve_precision(precision: str | None = "auto", device="cpu") -> str:
 
 
 def describe_precision(precision: str, device="cpu") -> str:
-    """One line for logs: the precision and why, e.g. ``bf16 (CPU has avx512_bf16)``."""
+    """One line for logs: the precision and why, e.g. ``bf16 (CPU has avx512_bf16)``,
+    ``fp32 (CPU has no native bf16)``, ``fp32 (asked for; the CPU also has avx512_bf16)``."""
     import torch
 
     dev = torch.device(device)
+    native = native_bf16(dev)
     if dev.type == "cpu":
         flags = cpu_bf16_flags()
-        why = f"CPU has {', '.join(flags)}" if flags else "CPU has no native bf16"
+        has = f"CPU has {', '.join(flags)}" if flags else "CPU has no native bf16"
     else:
-        why = f"{torch.cuda.get_device_name(dev)}"
-    return f"{precision} ({why})"
+        has = torch.cuda.get_device_name(dev) + (" with bf16" if native else " without bf16")
+    if precision == "fp32" and native:
+        return f"fp32 (asked for; {has[0].lower() + has[1:]} too)"
+    if precision == "bf16" and not native:
+        return f"bf16 (emulated, slow: {has})"
+    return f"{precision} ({has})"
 
 
 def autocast(precision: str, device="cpu"):

@@ -30,7 +30,6 @@ from typing import Any
 
 import torch
 from torch import nn
-import torch.nn.functional as F
 
 __all__ = ["UNet", "GeometryError"]
 

@@ -141,6 +141,8 @@ def _progress_bar(progress, total: int):
         from tqdm.auto import tqdm
 
         return tqdm(total=total, unit="tile", desc="predict", leave=False), True
+    if progress and getattr(progress, "total", 0) is None:
+        progress.total = total            # a tqdm-like object made without a total
     return (progress or None), False
 
 

@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
-
-import numpy as np
 
 from .errors import UnetlabError
 from .prediction_writers import MAX_OVERLAYS, PICTURE_PIXELS, predict_job

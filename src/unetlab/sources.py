@@ -199,12 +199,12 @@ def lazy_tiff(path: str | os.PathLike):
 
 
 def _open_tiff(path: Path, in_channels: int, lazy_pixels: int) -> ImageSource:
-    from .data import MAX_PIXELS, _check_size, read_image
+    from .data import MAX_PIXELS, check_size, read_image
 
     shape, dtype, axes = _tiff_series(path)
     if any(v == 0 for v in shape):
         raise UnetlabError(f"{path}: image has zero size (shape {shape})")
-    _check_size(path, shape, MAX_PIXELS)  # a decompression bomb never reaches the decoder
+    check_size(path, shape, MAX_PIXELS)  # a decompression bomb never reaches the decoder
     if dtype.kind not in "biuf":
         raise UnetlabError(f"{path}: unsupported pixel type {dtype}")
     names = [a.lower() for a in axes] if len(axes) == len(shape) else None

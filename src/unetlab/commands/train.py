@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     if args.data is None and not args.config and not args.resume:
         raise UnetlabError("DATA: give the training data (a dataset folder or 'synthetic'), "
                            "or --config FILE, or --resume")
-    from ..distributed import cleanup, init_distributed
+    from ..ddp import cleanup, init_distributed
 
     # under torchrun (WORLD_SIZE > 1): join the process group; nccl on the rank's GPU unless
     # --device cpu asks for gloo

@@ -21,12 +21,13 @@ from .datasets import list_images, read_dataset, read_pair
 from .labels import label_to_instances, read_label_image, read_labels
 from .normalize import (normalization_stats, normalize_image, sample_stats, subsample_step,
                         to_channels_first)
-from .readers import IMAGE_SUFFIXES, MAX_PIXELS, _check_size, read_image, read_stack  # noqa: F401
+from .readers import IMAGE_SUFFIXES, MAX_PIXELS, check_size, read_image, read_stack
 from .sample import Sample
 from .sampler import TileSampler
 
 __all__ = [
     "MAX_PIXELS",
+    "check_size",
     "IMAGE_SUFFIXES",
     "IGNORE_INDEX",
     "Sample",

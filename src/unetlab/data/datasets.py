@@ -41,7 +41,7 @@ import numpy as np
 from ..errors import UnetlabError
 from .labels import label_to_instances, read_label_image
 from .normalize import normalize_image, to_channels_first
-from .readers import (IMAGE_SUFFIXES, MAX_PIXELS, _TIFF_SUFFIXES, _check_size,
+from .readers import (IMAGE_SUFFIXES, MAX_PIXELS, _TIFF_SUFFIXES, check_size,
                       _check_values, _first_line, read_image, read_stack)
 from .sample import Sample
 
@@ -127,7 +127,7 @@ def _read_stack_pair(ip: Path, lp: Path, channels: int | None,
         raise UnetlabError(f"{ip} and {lp}: image stack shape {tuple(vol.shape)} differs from "
                            f"label stack shape {tuple(lab.shape)}")
     limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
-    _check_size(ip, vol.shape[1:], limit)
+    check_size(ip, vol.shape[1:], limit)
     stem = _stem(ip)
     out = []
     for i in range(vol.shape[0]):

@@ -48,7 +48,7 @@ def _check_file(path: Path) -> None:
         raise UnetlabError(f"{path}: file is empty (0 bytes)")
 
 
-def _check_size(path: Path, shape: Sequence[int], limit: int) -> None:
+def check_size(path: Path, shape: Sequence[int], limit: int) -> None:
     shape = tuple(int(s) for s in shape)
     if len(shape) == 0 or any(s <= 0 for s in shape):
         raise UnetlabError(f"{path}: image has zero size (shape {shape})")
@@ -108,7 +108,7 @@ def _read_tiff(path: Path, limit: int) -> np.ndarray:
     try:
         with tifffile.TiffFile(path) as tf:
             series = _one_series(tf, path)
-            _check_size(path, series.shape, limit)
+            check_size(path, series.shape, limit)
             arr, axes = np.asarray(series.asarray()), series.axes
     except UnetlabError:
         raise
@@ -150,7 +150,7 @@ def _read_pil(path: Path, limit: int, palette_indices: bool) -> np.ndarray | Non
             bands = len(im.getbands())
             if im.mode == "P" and not palette_indices:
                 bands = 4
-            _check_size(path, (h, w, bands), limit)
+            check_size(path, (h, w, bands), limit)
             try:
                 im.load()
                 if im.mode == "P":
@@ -173,7 +173,7 @@ def _read_imageio(path: Path, limit: int) -> np.ndarray:
 
     try:
         props = iio.improps(path)
-        _check_size(path, props.shape, limit)
+        check_size(path, props.shape, limit)
         return np.asarray(iio.imread(path))
     except UnetlabError:
         raise

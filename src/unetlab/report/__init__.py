@@ -11,11 +11,10 @@
 """
 from __future__ import annotations
 
-from ..metrics import split_merge_map  # noqa: F401  (kept importable from here)
 from .build import SECTIONS, build_report
 from .curves import png_curves
-from .pictures import (DISPLAY_MAX, _boundaries, overlay, png_augmented,  # noqa: F401
-                       png_errors, png_prediction, png_samples, png_weight_map)
+from .pictures import (DISPLAY_MAX, overlay, png_augmented, png_errors, png_prediction,
+                       png_samples, png_weight_map)
 from .rundata import ReportData, load_report_data, read_log, save_report_data
 
 __all__ = [

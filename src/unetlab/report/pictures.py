@@ -133,6 +133,7 @@ def _png(fig) -> bytes:
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=fig.dpi, facecolor="white")
+    fig.clear()          # break the figure's reference cycles now, not at the next full gc
     return buf.getvalue()
 
 

@@ -40,10 +40,8 @@ from typing import Callable
 
 from ..atomic import remove_stale_temps
 from ..errors import UnetlabError
-from .build import (build_net, check_geometry, load_samples, lr_at, make_optimizer,
-                    make_sampler, timing_step)
+from .build import build_net, check_geometry, load_samples, lr_at, timing_step
 from .config import TrainConfig, config_from_mapping, config_to_toml, load_config
-from .prefetch import Prefetcher, data_rng, sample_batch, torch_seed
 from .run_folder import (CHECKPOINT_FORMAT, RUN_FILES, check_out_folder, describe_models,
                          load_checkpoint)
 from .signals import NonFiniteLossError, TrainingInterrupted
@@ -57,12 +55,6 @@ RESUME_MAY_CHANGE = {"out", "iterations", "val_every", "checkpoint_every", "log_
                      "progress", "device", "prefetch", "val", "val_labels", "val_tta",
                      "precision", "threads", "data_as_given"}
 
-# names kept for callers of the single-module version (benchmarks, tests)
-_build_net, _load_samples, _make_optimizer, _make_sampler = (build_net, load_samples,
-                                                             make_optimizer, make_sampler)
-_torch_seed, _data_rng, _Prefetcher = torch_seed, data_rng, Prefetcher
-
-
 def __getattr__(name: str):
     # torch and scipy load on first use, so that ``unetlab train --help`` starts fast
     if name == "Trainer":
@@ -74,10 +66,6 @@ def __getattr__(name: str):
 
         return validation_scores
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _sample_batch(sampler, config: TrainConfig, rank: int, it: int):
-    return sample_batch(sampler, config.batch, config.seed, rank, it)
 
 
 def _open_run(config: TrainConfig, resume: bool, overwrite: bool,
@@ -134,7 +122,7 @@ def train(config: TrainConfig, resume: bool = False, *, overwrite: bool = False,
     that holds no run. ``inputs``: other files the caller read (e.g. a ``--config`` file) that
     the run must not overwrite. ``callback(iteration, loss)`` after every step (1-based).
     ``rank``/``world_size``: distributed data-parallel training (the process group must
-    already be initialised, :func:`unetlab.distributed.init_distributed`). ``device``
+    already be initialised, :func:`unetlab.ddp.init_distributed`). ``device``
     overrides ``config.device`` (e.g. the rank's ``cuda:LOCAL_RANK``). ``say`` prints the
     information lines (device, precision, threads, validation); default: stdout.
     """
@@ -151,7 +139,7 @@ def train(config: TrainConfig, resume: bool = False, *, overwrite: bool = False,
             remove_stale_temps(config.out, RUN_FILES)
         ckpt = _open_run(config, resume, overwrite, inputs)
         if world_size > 1:
-            from ..distributed import barrier
+            from ..ddp import barrier
 
             barrier()        # every rank has looked at the folder before rank 0 writes
         train_samples, val_samples = load_samples(config)

@@ -235,7 +235,7 @@ class Trainer:
                 write_curves(self.run_dir, self.rows)
             at_val = True
         if self.world_size > 1 and at_val:
-            from ..distributed import barrier
+            from ..ddp import barrier
 
             barrier()        # the other ranks wait for rank 0's validation and files
 
@@ -253,7 +253,7 @@ class Trainer:
         if self.fresh:
             self.save()
         if self.world_size > 1:
-            from ..distributed import barrier, wrap_ddp
+            from ..ddp import barrier, wrap_ddp
 
             # same weights on every rank here (same seed or same checkpoint); DDP averages
             # the gradients in backward()
@@ -268,7 +268,7 @@ class Trainer:
                 write_curves(self.run_dir, self.rows)
             saved = True
         if synced:
-            from ..distributed import barrier
+            from ..ddp import barrier
 
             barrier()        # no rank exits (and makes torchrun stop the others) before the save
         return TrainingInterrupted(self.run_dir, self.iteration, saved, signum)

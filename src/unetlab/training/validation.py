@@ -4,7 +4,6 @@ foreground-restricted Rand error and by the weighted cross-entropy of Eq. 1–2.
 from __future__ import annotations
 
 import functools
-import inspect
 
 import numpy as np
 
@@ -25,12 +24,6 @@ def validation_targets(samples, w0: float, sigma: float, balance: bool):
 
 
 @functools.lru_cache(maxsize=1)
-def _engine_options() -> frozenset[str]:
-    from ..predict import predict_tiled
-
-    return frozenset(inspect.signature(predict_tiled).parameters)
-
-
 def predict_normalized(net, image: np.ndarray, device=None, tta: bool = False,
                        precision: str = "fp32", progress=False) -> np.ndarray:
     """(K, H, W) float32 probabilities of one already normalised image ((H, W) or (C, H, W),
@@ -39,10 +32,8 @@ def predict_normalized(net, image: np.ndarray, device=None, tta: bool = False,
     from ..predict import predict_tiled
 
     img = image[0] if image.ndim == 3 and image.shape[0] == 1 else image   # one slice
-    extra = {"normalize": False, "precision": precision}
-    extra = {k: v for k, v in extra.items() if k in _engine_options()}
     prob = np.asarray(predict_tiled(net, img, tta=tta, device=device, progress=progress,
-                                    **extra), dtype=np.float32)
+                                    normalize=False, precision=precision), dtype=np.float32)
     return prob[0] if prob.ndim == 4 else prob
 
 
