@@ -183,8 +183,6 @@ EVALUATE = [
     ("folder-vs-file", ["empty_dir", "good_lab"], ["empty_dir", "good_lab"], "folder"),
     ("prediction-without-gt", ["@ds_img_no_label/image", "@ds_img_no_label/label"], ["im1.png"],
      "no ground truth"),
-    ("gt-without-prediction", ["@ds_label_no_img/image", "@ds_label_no_img/label"], ["im1.png"],
-     "no prediction"),
     ("truncated-png", ["trunc_png", "good_lab"], ["trunc_png"], "truncated|cannot read"),
     ("truncated-tiff", ["good_prob", "trunc_tif"], ["trunc_tif"], "cannot read"),
     ("tiff-bomb", ["bomb_tif", "good_lab"], ["bomb_tif"], "limit"),

@@ -116,14 +116,8 @@ def test_invalid_size_is_refused_clearly(kw):
 
 
 #: variants that export_torchscript cannot trace yet (it traces a square 2-D example)
-EXPORT_FAILS_TODAY = [kw for kw in VARIANTS if kw["spatial_dims"] == 3 or kw["pooling"] != 2]
-
-
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-@pytest.mark.parametrize("kw", [
-    pytest.param(kw, id=_id(kw), marks=[pytest.mark.xfail(
-        strict=True, reason="export_torchscript traces a square 2-D example")]
-        if kw in EXPORT_FAILS_TODAY else []) for kw in VARIANTS])
+@pytest.mark.parametrize("kw", [pytest.param(kw, id=_id(kw)) for kw in VARIANTS])
 def test_torchscript_round_trip(kw, tmp_path):
     net = _net(kw).eval()
     path = export_torchscript(net, tmp_path / "net.ts")

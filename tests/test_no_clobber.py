@@ -19,36 +19,7 @@ from cli_helpers import (assert_clean_error, cells, run_cli, tiny_model, write_d
 
 _PARSE_TIME = "not validated before use: 'unexpected ... this is a bug'"
 #: test id → why it fails today
-FAILING_TODAY = {
-    "test_export_onto_its_own_model_is_refused": "the model is replaced by the TorchScript file",
-    "test_weights_tiff_onto_the_labels_is_refused": "the labels are overwritten by the weights",
-    "test_report_onto_the_training_log_is_refused": "log.csv is overwritten by the report",
-    "test_train_with_an_empty_out_is_refused": "trains into the current folder",
-    "test_demo_with_a_bad_option_keeps_the_old_demo[seed]": "the old demo is deleted first, "
-                                                           + _PARSE_TIME,
-    "test_demo_on_an_unusable_device_keeps_the_old_demo": "the old demo is deleted first",
-    "test_out_of_range_values_are_one_line[train-seed-huge]": _PARSE_TIME,
-    "test_out_of_range_values_are_one_line[synthetic-size-4]": _PARSE_TIME,
-    "test_out_of_range_values_are_one_line[augment-seed-negative]": _PARSE_TIME,
-    "test_out_of_range_values_are_one_line[demo-seed-huge]": _PARSE_TIME,
-    "test_samples_last_tiff_is_read_as_channels": "read as a stack of H images",
-    "test_finite_float32_extremes_give_finite_probabilities": "NaN probabilities, exit 0",
-    "test_jpeg_ground_truth_is_refused_by_evaluate_like_train": "evaluate scores JPEG labels",
-    "test_a_runs_own_files_are_never_an_output[export-best]": "best.pt is overwritten",
-    "test_a_runs_own_files_are_never_an_output[export-checkpoint]": "checkpoint.pt is overwritten",
-    "test_a_runs_own_files_are_never_an_output[report-config]": "config.toml is overwritten",
-    "test_a_runs_own_files_are_never_an_output[report-model]": "model.pt is overwritten",
-    "test_weights_picture_onto_png_labels_is_refused": "the labels are overwritten by the picture",
-    "test_predict_output_named_like_another_input_is_not_lost": "input a_prob.tif is overwritten",
-    "test_an_empty_out_is_refused_by_every_verb[augment]": "writes into the current folder",
-    "test_an_empty_out_is_refused_by_every_verb[predict]": "writes into the current folder",
-    "test_an_empty_out_is_refused_by_every_verb[evaluate]": "writes into the current folder",
-    "test_an_empty_out_is_refused_by_every_verb[weights]": "'.: is a folder', --out not named",
-    "test_an_empty_out_is_refused_by_every_verb[export]": "'.: is a folder', --out not named",
-    "test_an_empty_out_is_refused_by_every_verb[report]": "'.: is a folder', --out not named",
-    "test_training_on_finite_float32_extremes_works": "'image contains NaN or Inf'",
-    "test_weights_refuses_jpeg_labels_like_train": "weights reads JPEG labels",
-}
+FAILING_TODAY: dict[str, str] = {}
 
 TINY = ["--width", "4", "--depth", "1", "--tile", "36", "--iterations", "2", "--no-progress",
         "--val-every", "2"]

@@ -15,10 +15,11 @@ from skimage.segmentation import find_boundaries
 from unetlab.cli import main
 from unetlab.errors import UnetlabError
 from unetlab.metrics import split_merge_map
-from unetlab.report import (SECTIONS, ReportData, _boundaries, build_report, load_report_data,
+from unetlab.report import (SECTIONS, ReportData, build_report, load_report_data,
                             overlay, png_weight_map, read_log, save_report_data)
 from unetlab.synthetic import touching_cells_arrays, touching_pairs
 from unetlab.weights import training_targets
+from unetlab.report.pictures import _boundaries
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -244,8 +244,6 @@ def test_sigterm_through_the_cli_saves_and_exits_143(tmp_path):
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
 
 
-@pytest.mark.xfail(strict=True, reason="needs the DATA branch's float64 normalisation; "
-                                       "remove this marker when it is merged")
 def test_finite_extreme_images_train(tmp_path, capsys):
     import numpy as np
     import tifffile

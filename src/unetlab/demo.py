@@ -91,10 +91,9 @@ def demo_settings(quick: bool = False, iterations: int | None = None, size: int 
                   train_minutes: float | None = None, seed: int = 0) -> DemoSettings:
     """The settings of ``unetlab demo`` (``quick``: tiny sizes for tests, ~10–30 s); every
     value is checked here (one-line :class:`UnetlabError` naming the option)."""
-    from .training.config import MAX_SEED
+    from .training.config import check_seed
 
-    if not (isinstance(seed, int) and 0 <= seed <= MAX_SEED):
-        raise UnetlabError(f"--seed: must be an integer in 0 … {MAX_SEED}, got {seed}")
+    check_seed(seed)
     if quick:
         s = DemoSettings(train_images=3, train_size=96, size=256, width=4, depth=2, tile=100,
                          iterations=6, val_every=3, warping_crop=0, seed=seed, quick=True)
@@ -296,14 +295,13 @@ def write_demo_data(folder: str | os.PathLike, seed: int = 0, images: int = 4,
     instances), ``images`` of ``size``² px, plus ``folder/big.tif``, one ``big``² image to
     predict. Refuses a folder that exists and is not empty. Returns the files written."""
     from .synthetic import touching_cells_arrays
-    from .training.config import MAX_SEED
+    from .training.config import check_seed
     from .writers import write_tiff
 
     folder = Path(folder)
     if not str(folder).strip():
         raise UnetlabError("--data: empty folder name (an unset shell variable?)")
-    if not 0 <= seed <= MAX_SEED:
-        raise UnetlabError(f"--seed: must be an integer in 0 … {MAX_SEED}, got {seed}")
+    check_seed(seed)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise UnetlabError(f"--data {folder}: exists and is not an empty folder; choose "
                            f"another name")

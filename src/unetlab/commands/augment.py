@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._options import add_overwrite
+from ._options import add_overwrite, seed
 
 HELP = "write pictures of randomly augmented training samples (elastic, rotation, grey values)"
 
@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", metavar="PATH", default=None,
                    help="label file or folder when DATA is an image file or image folder")
     p.add_argument("--n", type=int, default=8, help="number of augmented samples (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     p.add_argument("--size", type=int, default=256,
                    help="image size in pixels for DATA=synthetic (default 256)")
     p.add_argument("--tile", type=int, default=None, metavar="N",

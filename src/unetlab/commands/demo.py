@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._options import seed
+
 HELP = "train, predict, evaluate and report on synthetic touching cells (a few minutes)"
 DESCRIPTION = """\
 The whole method end to end on generated touching cells, no data or download needed:
@@ -45,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="time budget of training when --iterations is not given (default 4)")
     p.add_argument("--size", type=int, default=None, metavar="PX",
                    help="side of the large predicted image (default 2048; 256 with --quick)")
-    p.add_argument("--seed", type=int, default=0, help="seed of data, training and augmentation")
+    p.add_argument("--seed", type=seed, default=0, help="seed of data, training and augmentation")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="where to train and predict (default: cuda when available); "
                         "checked before OUT is touched")

@@ -17,10 +17,18 @@ from typing import Any
 from ..errors import UnetlabError
 
 __all__ = ["TrainConfig", "config_to_toml", "config_from_mapping", "load_config",
-           "resolve_config", "MAX_SEED", "TOML_HEADER"]
+           "resolve_config", "MAX_SEED", "check_seed", "TOML_HEADER"]
 
 #: largest seed accepted (seeds are ≥ 0; derived seeds such as ``seed + 1000`` stay < 2**32)
 MAX_SEED = 2**31 - 1
+
+
+def check_seed(value, option: str = "--seed") -> int:
+    """``value`` if it is an integer in 0 … :data:`MAX_SEED` (what torch's and numpy's seeding
+    both accept), else a one-line :class:`UnetlabError` naming ``option``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise UnetlabError(f"{option}: must be an integer in 0 … {MAX_SEED}, got {value!r}")
+    return value
 
 #: first line of every config.toml the trainer writes (marks a folder as a run folder)
 TOML_HEADER = "# unetlab train configuration (unetlab train --config FILE reads it back)"

@@ -3,7 +3,6 @@
 foreground-restricted Rand error and by the weighted cross-entropy of Eq. 1–2."""
 from __future__ import annotations
 
-import functools
 
 import numpy as np
 
@@ -23,7 +22,6 @@ def validation_targets(samples, w0: float, sigma: float, balance: bool):
     return out
 
 
-@functools.lru_cache(maxsize=1)
 def predict_normalized(net, image: np.ndarray, device=None, tta: bool = False,
                        precision: str = "fp32", progress=False) -> np.ndarray:
     """(K, H, W) float32 probabilities of one already normalised image ((H, W) or (C, H, W),
