@@ -143,7 +143,7 @@ def help_cases(verb: str) -> list[Case]:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.choices and verb in a.choices)  # noqa: SLF001
     text = sub.choices[verb].format_help()
-    m = re.search(r"^examples?:\s*$(.*?)(?:^\S|\Z)", text, flags=re.M | re.S | re.I)
+    m = re.search(r"^examples?\b[^\n]*:\s*$(.*?)(?:^\S|\Z)", text, flags=re.M | re.S | re.I)
     body = m.group(1).splitlines() if m else []
     return [Case(f"{verb} --help", n, t) for n, (_, t) in enumerate(logical_lines(body, 1), 1)]
 
@@ -176,7 +176,6 @@ class Workspace:
     root: Path
     cases: list[Case]
     rewrite: Callable[[Case], str]                      # the substitutions for one case
-    fallbacks: dict[str, Callable[[Path, str], None]] = field(default_factory=dict)
     #: cases never run as a prerequisite of a later one (skipped or slow ones)
     optional: Callable[[Case], bool] = lambda case: False
     results: dict[int, Result] = field(default_factory=dict)
@@ -220,9 +219,6 @@ class Workspace:
             res = self._in_process(shlex.split(text, comments=True)[1:])
         else:
             res = self._bash(text)
-        for prefix, make in self.fallbacks.items():
-            if res.rc != 0 and text.startswith(prefix):
-                make(self.root, text)
         return res
 
     def _bash(self, text: str, timeout: float = 600) -> Result:

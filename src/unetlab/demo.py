@@ -36,6 +36,7 @@ demo holds the folder's lock; a folder holding anything else is refused.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import shutil
@@ -288,12 +289,19 @@ def _augmented_examples(image: np.ndarray, instances: np.ndarray, n: int, seed: 
     return out
 
 
+DEMO_DATA_MARKER = "demo_data.json"
+
+
 def write_demo_data(folder: str | os.PathLike, seed: int = 0, images: int = 4,
                     size: int = 256, big: int = 1024) -> list[Path]:
     """A small synthetic touching-cells dataset in the layout ``unetlab train`` reads:
     ``folder/images/NN.tif`` (float32, ≈ [0, 1]) and ``folder/labels/NN.tif`` (int32
     instances), ``images`` of ``size``² px, plus ``folder/big.tif``, one ``big``² image to
-    predict. Refuses a folder that exists and is not empty. Returns the files written."""
+    predict, and ``folder/demo_data.json`` recording the settings. Returns the files.
+
+    A folder that already holds this very dataset (same settings, every file present) is
+    left as it is; any other existing, non-empty folder is refused."""
+    from .atomic import atomic_write_text
     from .synthetic import touching_cells_arrays
     from .training.config import check_seed
     from .writers import write_tiff
@@ -302,18 +310,30 @@ def write_demo_data(folder: str | os.PathLike, seed: int = 0, images: int = 4,
     if not str(folder).strip():
         raise UnetlabError("--data: empty folder name (an unset shell variable?)")
     check_seed(seed)
+    settings = {"seed": seed, "images": images, "size": size, "big": big}
+    files = [folder / sub / f"{i:02d}.tif" for i in range(images)
+             for sub in ("images", "labels")] + [folder / "big.tif"]
+    if _same_demo_data(folder, settings, files):
+        return files
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise UnetlabError(f"--data {folder}: exists and is not an empty folder; choose "
                            f"another name")
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "labels").mkdir(exist_ok=True)
-    written = []
     for i, (img, lab) in enumerate(touching_cells_arrays(images, size, seed)):
-        for sub, arr in (("images", img.astype(np.float32)), ("labels", lab.astype(np.int32))):
-            write_tiff(folder / sub / f"{i:02d}.tif", arr)
-            written.append(folder / sub / f"{i:02d}.tif")
+        write_tiff(folder / "images" / f"{i:02d}.tif", img.astype(np.float32))
+        write_tiff(folder / "labels" / f"{i:02d}.tif", lab.astype(np.int32))
     write_tiff(folder / "big.tif", touching_cells_arrays(1, big, seed + 1000)[0][0])
-    return written + [folder / "big.tif"]
+    atomic_write_text(folder / DEMO_DATA_MARKER, json.dumps(settings))
+    return files
+
+
+def _same_demo_data(folder: Path, settings: dict, files: list[Path]) -> bool:
+    try:
+        recorded = json.loads((folder / DEMO_DATA_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return recorded == settings and all(f.is_file() for f in files)
 
 
 def run_demo(out: str | os.PathLike = "runs/demo", settings: DemoSettings | None = None,

@@ -30,10 +30,10 @@ Written to --out:
   aug_NNN_weights.tif      augmented weight map (Eq. 2), float32
 Existing files in --out are kept unless --overwrite is given.
 
-examples:
+examples (the last two on the files of 'unetlab demo --data cells'):
   unetlab augment synthetic --out aug/
-  unetlab augment isbi2012 --out aug/ --n 12 --seed 3 --tile 256
-  unetlab augment image.tif --labels labels.tif --out aug/ --sigma 20 --no-grey
+  unetlab augment cells --out aug-cells/ --n 12 --seed 3 --tile 256
+  unetlab augment cells/images/00.tif --labels cells/labels/00.tif --out aug-one/ --sigma 20 --no-grey
 """
 
 

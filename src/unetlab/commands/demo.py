@@ -31,8 +31,8 @@ examples:
   unetlab demo --out runs/demo                   # what 'make demo' runs
   unetlab demo --out runs/quick --quick          # tiny sizes, ~30 s, for a smoke test
   unetlab demo --out runs/long --iterations 3000 --size 4096
-  unetlab demo --data cells                      # files to try 'unetlab train' on
-  unetlab train cells --out runs/cells --width 16 --depth 3 --iterations 500
+  unetlab demo --data mycells                    # files to try 'unetlab train' on
+  unetlab train mycells --out runs/mycells --width 16 --depth 3 --iterations 500
 """
 
 
@@ -62,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.data is not None:
         files = write_demo_data(args.data, seed=args.seed)
-        print(f"wrote {len(files)} files into {args.data}: images/, labels/ (training pairs) "
-              f"and big.tif (to predict); next: unetlab train {args.data} --out runs/cells")
+        print(f"{len(files)} files in {args.data}: images/, labels/ (training pairs) and "
+              f"big.tif (to predict); next: unetlab train {args.data} --out runs/cells")
         return 0
     settings = demo_settings(quick=args.quick, iterations=args.iterations, size=args.size,
                              train_minutes=args.train_minutes, seed=args.seed)

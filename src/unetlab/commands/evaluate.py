@@ -38,11 +38,11 @@ _probability, _prediction, _mask, _label, _labels, _seg or _gt is ignored when p
 Ground-truth images without a prediction are left out and named in one line. Existing files
 in --out are kept unless --overwrite is given.
 
-examples:
-  unetlab evaluate preds/prob.tif isbi2012/train-labels.tif --out eval/
-  unetlab evaluate preds/ isbi2012/train/label --out eval/
-  unetlab evaluate preds/ ctc/01_GT/SEG --metrics cells
-  unetlab evaluate masks/ gt_masks/ --metrics instances --out eval/
+examples (on the files of 'unetlab demo --data cells' and the demo's model):
+  unetlab predict runs/demo/model.pt cells/images --out scored/ --instances   # what to score
+  unetlab evaluate scored/ cells/labels --out eval/          # ISBI 2012 errors of P(cell)
+  unetlab evaluate scored/ cells/labels --metrics cells      # SEG and IoU of the _labels files
+  unetlab evaluate scored/00_labels.tif cells/labels/00.tif --metrics instances --out eval1/
 """
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

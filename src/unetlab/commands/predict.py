@@ -38,8 +38,8 @@ With --dask an existing NAME_prob.zarr of the same prediction is resumed.
 examples (`unetlab demo --data cells` makes cells/; `unetlab demo --out runs/demo` trains):
   unetlab predict runs/demo/model.pt cells/big.tif --out preds/ --tta
   unetlab predict runs/demo/model.pt cells/images/ --out preds/ --instances --min-size 30
-  unetlab predict runs/demo/model.pt cells/big.tif --out preds/ --format zarr --tile 252 --batch 2
-  unetlab predict runs/demo/model.pt cells/big.tif --out preds/ --dask --workers 2
+  unetlab predict runs/demo/model.pt cells/big.tif --out preds-zarr/ --format zarr --tile 252 --batch 2
+  unetlab predict runs/demo/model.pt cells/big.tif --out preds-dask/ --dask --workers 2
 """
 
 

@@ -15,7 +15,7 @@ curves and the configuration.
 
 examples:
   unetlab report runs/demo                      # writes runs/demo/report.html
-  unetlab report runs/x --out /tmp/x.html --no-embed
+  unetlab report runs/demo --out demo-report.html --no-embed
 """
 
 

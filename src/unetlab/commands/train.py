@@ -37,7 +37,6 @@ every option with its default (or the resolved value) as TOML, which --config re
 examples (the first line writes a small dataset to try it on):
   unetlab demo --data cells
   unetlab train cells --out runs/cells --width 16 --depth 3 --iterations 2000 --val synthetic
-  unetlab train ../shared/data/isbi2012/train --out runs/isbi --val val/ --width 32 --tile 380
   unetlab train --print-config > cfg.toml     # edit, then:
   unetlab train cells --config cfg.toml --out runs/x
   unetlab train --out runs/cells --resume     # continue an interrupted run

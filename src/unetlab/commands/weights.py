@@ -22,10 +22,9 @@ LABELS is a TIFF/PNG label image read as `unetlab train` reads labels: integer i
 black), whose 4-connected white regions become the cells. For a multi-page TIFF stack, --page
 picks the slice. Existing output files are kept unless --overwrite is given.
 
-examples:
-  unetlab weights dsb2018_nuclei/mask2d.tif --out w.png
-  unetlab weights train-labels.tif --page 3 --out w3.png --tiff w3.tif
-  unetlab weights labels.png --out w.png --w0 5 --sigma 3 --no-balance
+examples (on the files of 'unetlab demo --data cells'):
+  unetlab weights cells/labels/00.tif --out w.png
+  unetlab weights cells/labels/01.tif --out w5.png --tiff w5.tif --w0 5 --sigma 3 --no-balance
 """
 
 
