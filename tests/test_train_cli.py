@@ -98,7 +98,7 @@ def test_empty_out_is_an_error_and_cwd_untouched(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "config.toml").write_text("mine = 1\n")
     assert main(["train", "synthetic", "--out", ""] + TINY) == 2
-    assert "out (--out): empty run folder name" in _one_line_error(capsys)
+    assert "--out is empty" in _one_line_error(capsys)
     assert (tmp_path / "config.toml").read_text() == "mine = 1\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml"]
 
@@ -187,7 +187,8 @@ def test_run_folder_is_self_contained_and_names_the_model_to_use(tmp_path, capsy
     monkeypatch.chdir(tmp_path)
     assert main(["demo", "--data", "cells"]) == 0
     assert "wrote 9 files into cells" in capsys.readouterr().out
-    assert sorted(p.name for p in (tmp_path / "cells").iterdir()) == ["big.tif", "images",
+    assert sorted(p.name for p in (tmp_path / "cells").iterdir()) == ["big.tif", "demo_data.json",
+                                                                      "images",
                                                                       "labels"]
     assert main(["train", "cells", "--out", "runs/c", "--val", "cells"] + TINY) == 0
     out = capsys.readouterr().out
@@ -199,7 +200,13 @@ def test_run_folder_is_self_contained_and_names_the_model_to_use(tmp_path, capsy
     text = (tmp_path / "runs" / "c" / "config.toml").read_text()
     assert "# resolved: device = cpu, precision = " in text
     # the same folder again is refused: --data never overwrites
-    assert main(["demo", "--data", "cells"]) == 2
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "cells").rglob("*")}
+    assert main(["demo", "--data", "cells"]) == 0            # the same dataset: left in place
+    assert "cells already holds this dataset (9 files)" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cells").rglob("*")} == before
+    assert main(["demo", "--data", "cells", "--seed", "1"]) == 2    # another one: refused
+    assert "not an empty folder" in _one_line_error(capsys)
+    assert main(["demo", "--data", "runs"]) == 2                   # any other content: refused
     assert "not an empty folder" in _one_line_error(capsys)
 
 

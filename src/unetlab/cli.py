@@ -76,8 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     debug = getattr(args, "debug", False)
     if isinstance(getattr(args, "out", None), str) and not args.out.strip():
-        print(f"unetlab {args.verb}: error: --out is empty (an unset shell variable?); name the "
-              f"output", file=sys.stderr)
+        print("unetlab: error: --out is empty (an unset shell variable?); name the output",
+              file=sys.stderr)
         return 2
     try:
         return int(args._run(args) or 0)

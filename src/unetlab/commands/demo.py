@@ -58,12 +58,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import demo_settings, format_summary, run_demo, write_demo_data
+    from pathlib import Path
+
+    from ..demo import (DEMO_DATA_MARKER, demo_settings, format_summary, run_demo,
+                        write_demo_data)
 
     if args.data is not None:
+        had = (Path(args.data) / DEMO_DATA_MARKER).is_file()
         files = write_demo_data(args.data, seed=args.seed)
-        print(f"{len(files)} files in {args.data}: images/, labels/ (training pairs) and "
-              f"big.tif (to predict); next: unetlab train {args.data} --out runs/cells")
+        what = (f"{args.data} already holds this dataset ({len(files)} files)" if had else
+                f"wrote {len(files)} files into {args.data}")
+        print(f"{what}: images/, labels/ (training pairs) and big.tif (to predict); next: "
+              f"unetlab train {args.data} --out runs/cells")
         return 0
     settings = demo_settings(quick=args.quick, iterations=args.iterations, size=args.size,
                              train_minutes=args.train_minutes, seed=args.seed)
