@@ -50,7 +50,7 @@ examples (the first line writes a small dataset to try it on):
 # --no-name), the positional DATA and --out excepted
 _METAVARS = {
     "val": "VAL", "labels": "LABELS", "val_labels": "LABELS", "width": "W", "depth": "D",
-    "padding": "valid|same", "tile": "N", "batch": "B", "iterations": "N",
+    "padding": "valid|same", "tile": "N", "batch": "B", "iterations": "N", "time": "DURATION",
     "optimizer": "sgd|adam", "lr": "LR", "momentum": "M", "schedule": "poly|cosine|constant",
     "w0": "W0", "sigma": "PX", "seed": "S", "device": "auto|cpu|cuda", "grad_clip": "NORM",
     "norm": "none|batch|group|instance", "upsampling": "upconv|bilinear",

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 from dataclasses import fields
 from pathlib import Path
 from typing import Callable
@@ -129,6 +130,7 @@ def train(config: TrainConfig, resume: bool = False, *, overwrite: bool = False,
     from ..hardware import resolve_device, resolve_precision
     from ..runlock import RunLock
 
+    started = time.monotonic()
     config = dataclasses.replace(config).check().with_absolute_paths()
     check_geometry(config)
     dev = resolve_device(device if device is not None else config.device)
@@ -144,11 +146,37 @@ def train(config: TrainConfig, resume: bool = False, *, overwrite: bool = False,
             barrier()        # every rank has looked at the folder before rank 0 writes
         train_samples, val_samples = load_samples(config)
         return _train(config, ckpt, train_samples, val_samples, dev, precision, callback,
-                      rank, world_size, say if rank == 0 else (lambda msg: None))
+                      rank, world_size, say if rank == 0 else (lambda msg: None),
+                      started=started, fix_budget=bool(config.time) and not resume)
+
+
+def _fit_budget(config: TrainConfig, net, tile: int, dev, precision: str, val_samples,
+                started: float, say) -> TrainConfig:
+    """``config`` with ``iterations`` set from ``config.time`` (:mod:`.budget`): the step time
+    of a copy of the network and one validation pass are measured here."""
+    from .budget import (budget_iterations, curves_seconds, median_seconds, parse_duration,
+                         save_seconds)
+    from .validation import validation_scores, validation_targets
+
+    step_s = median_seconds(timing_step(net, config.optimizer, tile, dev, precision,
+                                        config.batch))
+    save_s = save_seconds(net)
+    val_s = 0.0
+    if val_samples:      # scores, then best.pt, a checkpoint and curves.png
+        targets = validation_targets(val_samples, config.w0, config.sigma, config.balance)
+        val_s = median_seconds(lambda: validation_scores(net, val_samples, targets, dev,
+                                                         config.val_tta, precision), 1)
+        val_s += 2 * save_s + curves_seconds()
+    seconds = parse_duration(config.time)
+    n = budget_iterations(seconds, time.monotonic() - started, step_s, val_s, config.val_every,
+                          save_s, config.checkpoint_every)
+    say(f"--time {config.time}: {step_s:.3g} s per step, {val_s:.3g} s per validation "
+        f"(every {config.val_every}), {save_s:.2g} s per checkpoint → {n} iterations")
+    return dataclasses.replace(config, iterations=n, warmup=min(config.warmup, n // 4))
 
 
 def _train(config, ckpt, train_samples, val_samples, dev, precision, callback, rank,
-           world_size, say) -> Path:
+           world_size, say, started: float, fix_budget: bool = False) -> Path:
     import torch
 
     from ..hardware import describe_precision
@@ -161,6 +189,9 @@ def _train(config, ckpt, train_samples, val_samples, dev, precision, callback, r
             net, tile, out_size = build_net(config, train_samples[0].channels)
             threads, why = _choose_threads(config, net, tile, dev, precision)
             torch.set_num_threads(threads)
+            if fix_budget:
+                config = _fit_budget(config, net, tile, dev, precision, val_samples, started,
+                                     say)
             resolved = (f"resolved: device = {dev}, precision = {precision}, threads = "
                         f"{threads}")
             say(f"training on {dev}, precision {describe_precision(precision, dev)}, CPU "

@@ -74,7 +74,11 @@ class TrainConfig:
     tile: int = _opt(0, "input tile side (px); 0 = the valid size nearest ≥ 572 (the paper's "
                      "572 → 388 for depth 4)")
     batch: int = _opt(1, "tiles per step (the paper: 1 large tile)")
-    iterations: int = _opt(5000, "number of optimiser steps")
+    iterations: int = _opt(5000, "number of optimiser steps (set from --time when that is "
+                           "given)")
+    time: str = _opt("", "wall-clock budget, e.g. 60m, 90s, 1h30m: a new run measures its step "
+                     "time and sets iterations so that the learning-rate schedule ends when the "
+                     "time does; '' = use iterations")
     augment: bool = _opt(True, "random elastic deformation (3×3 grid, σ 10 px), rotation, "
                          "flips, shifts and grey values (Sec. 3.1)")
     # ---- targets (Eq. 2)
@@ -141,6 +145,10 @@ class TrainConfig:
             self._bad("data", "no training data given")
         if not self.out.strip():
             self._bad("out", "empty run folder name (an unset shell variable?)")
+        if self.time:
+            from .budget import parse_duration
+
+            parse_duration(self.time)
 
     def _check_ranges(self) -> None:
         for name in ("width", "depth", "batch", "iterations", "val_every", "checkpoint_every",
