@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	@echo "==> [2/3] installing $(TORCH) (the largest download: a few minutes the first time)"
 	$(PY) -m pip install --progress-bar on $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) '$(TORCH)'
 	@echo "==> [3/3] installing unetlab and its other dependencies into $(VENV)"
-	$(PY) -m pip install --progress-bar on -e '.[dev]'
+	$(PY) -m pip install --progress-bar on -e '.[dev,bioimageio,napari]'
 	touch $(STAMP)
 	@echo "==> done: 'source $(VENV)/bin/activate' puts unetlab on PATH"
 
