@@ -95,3 +95,29 @@ def test_same_padding_declares_a_halo_and_3d_packages_pass(tmp_path):
     p3 = export_bioimageio(vol, tmp_path / "vol.zip")
     assert core_model_test(p3).status == "passed"
     assert [str(a.id) for a in load_description(p3).inputs[0].axes][-3:] == ["z", "y", "x"]
+
+
+def test_cli_export_and_predict_with_a_package(tmp_path, capsys):
+    import tifffile
+
+    from unetlab.checkpoint import save_model
+    from unetlab.cli import main
+
+    torch.manual_seed(0)
+    net = UNet(width=2, depth=2).eval()
+    save_model(net, tmp_path / "model.pt")
+    zip_path = tmp_path / "unet.zip"
+    assert main(["export", str(tmp_path / "model.pt"), "--format", "bioimageio",
+                 "--out", str(zip_path)]) == 0
+    assert is_bioimageio_package(zip_path)
+    img = (np.random.default_rng(0).random((70, 90)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "a.tif", img)
+    for model, out in ((zip_path, "p1"), (tmp_path / "model.pt", "p2")):
+        assert main(["predict", str(model), str(tmp_path / "a.tif"), "--out",
+                     str(tmp_path / out), "--precision", "fp32", "--quiet"]) == 0
+    a, b = (tifffile.imread(tmp_path / o / "a_prob.tif") for o in ("p1", "p2"))
+    np.testing.assert_array_equal(a, b)
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "model.pt"), "--format", "bioimageio",
+                 "--out", str(zip_path)]) == 2                       # exists: --overwrite
+    assert "--overwrite" in capsys.readouterr().err

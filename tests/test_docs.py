@@ -92,8 +92,6 @@ FOREIGN_OPTIONS = {"--index-url"}
 NOT_COMMANDS = {
     ("docs/distributed.md", "pred.zarr/                 group; attrs[\"unetlab\"] = {model, "
                             "input, shape, chunk, tile, tta,"): "the zarr output's layout",
-    ("docs/architecture.md", "train:    files → data.read_dataset → Sample(image, instances) → "
-                             "weights.training_targets"): "a data-flow diagram",
 }
 
 #: names the README's Python snippet uses without defining them (a reader has their own)

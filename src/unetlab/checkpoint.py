@@ -91,6 +91,11 @@ def model_from_state(obj: Any, path: str | os.PathLike = "<memory>") -> UNet:
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> UNet:
-    """Load a model written by :func:`save_model` (or a training checkpoint), in eval mode."""
+    """Load a model written by :func:`save_model` (or a training checkpoint, or a bioimage.io
+    package written by :func:`unetlab.bioimageio.export_bioimageio`), in eval mode."""
+    from .bioimageio import is_bioimageio_package, load_bioimageio
+
+    if is_bioimageio_package(path):
+        return load_bioimageio(path).to(map_location)
     net = model_from_state(safe_load(path, map_location), path)
     return net.eval()

@@ -40,7 +40,7 @@ from .model import UNet
 __all__ = ["FORMATS", "export_model", "export_torchscript", "export_onnx", "example_size",
            "export_metadata"]
 
-FORMATS = ("torchscript", "onnx")
+FORMATS = ("torchscript", "onnx", "bioimageio")
 ONNX_OPSET = 17
 
 
@@ -201,7 +201,8 @@ def export_model(model: str | os.PathLike | UNet, out: str | os.PathLike,
                  trace_size: int | None = None, overwrite: bool = True) -> Path:
     """Export ``model`` (a :class:`UNet` or a unetlab model/checkpoint file) to ``out``.
 
-    ``format``: ``"torchscript"`` or ``"onnx"``. ``out`` may never be the model file itself;
+    ``format``: ``"torchscript"``, ``"onnx"`` or ``"bioimageio"`` (a bioimage.io model package,
+    :func:`unetlab.bioimageio.export_bioimageio`). ``out`` may never be the model file itself;
     an existing ``out`` is replaced only when ``overwrite`` (the command line asks for
     ``--overwrite``). Bad input (not a model file, unknown format, unwritable output, missing
     onnx extra) raises :class:`UnetlabError` with one line.
@@ -218,4 +219,8 @@ def export_model(model: str | os.PathLike | UNet, out: str | os.PathLike,
     net = model if isinstance(model, UNet) else load_model(model)
     if format == "torchscript":
         return export_torchscript(net, out, probabilities, trace_size)
+    if format == "bioimageio":
+        from .bioimageio import export_bioimageio
+
+        return export_bioimageio(net, out, overwrite=True)     # out checked above
     return export_onnx(net, out, probabilities, trace_size)

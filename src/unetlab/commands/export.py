@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "export a trained model as TorchScript or ONNX"
+HELP = "export a trained model as TorchScript, ONNX or a bioimage.io package"
 DESCRIPTION = """\
 Export a unetlab model (model.pt, best.pt or checkpoint.pt) for use without unetlab.
 The output is never the model file itself; an existing output is replaced only with --overwrite.
@@ -13,9 +13,15 @@ logits (N, K, H_out, W_out), or class probabilities with --probabilities. Height
 dynamic: any size valid for the network works (the valid sizes and the context are stored in
 the file's metadata). ONNX needs the optional extra: pip install 'unetlab[onnx]'.
 
+--format bioimageio writes a bioimage.io model package (a zip, model description format 0.5:
+state-dict and TorchScript weights, valid input sizes, the normalisation as preprocessing, the
+soft-max as postprocessing, test tensors, cover, citation) for the bioimage.io tools (deepImageJ,
+ilastik, QuPath, bioimageio.core); 'unetlab predict' reads it back. Needs the bioimageio extra.
+
 examples:
   unetlab export runs/demo/model.pt --format torchscript --out unet.ts
   unetlab export runs/demo/model.pt --format onnx --out unet.onnx --probabilities
+  unetlab export runs/demo/model.pt --format bioimageio --out unet.zip
   python -c "import torch; m = torch.jit.load('unet.ts'); print(m(torch.zeros(1, 1, 188, 188)).shape)"
 """
 
@@ -26,7 +32,7 @@ MAX_TRACE_SIZE = 2048
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="unetlab model file (model.pt, best.pt, checkpoint.pt)")
     p.add_argument("--format", default="torchscript", metavar="FORMAT",
-                   help="torchscript (default) or onnx")
+                   help="torchscript (default), onnx or bioimageio")
     p.add_argument("--out", required=True, metavar="FILE", help="output file (written atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--probabilities", action="store_true",
@@ -37,11 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import UnetlabError
-    from ..export import FORMATS, export_model
+    from ..export import export_model
 
-    if args.format not in FORMATS:
-        raise UnetlabError(f"--format: unknown export format {args.format!r} "
-                           f"(choose from {', '.join(FORMATS)})")
     if args.trace_size is not None and not 1 <= args.trace_size <= MAX_TRACE_SIZE:
         raise UnetlabError(f"--trace-size: must be between 1 and {MAX_TRACE_SIZE} pixels "
                            f"(the graph accepts any valid size anyway), got {args.trace_size}")
