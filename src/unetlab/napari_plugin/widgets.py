@@ -150,6 +150,21 @@ class _Job(QWidget):
         self.cancel_button.setEnabled(False)
 
 
+def _lay_out(widget, run_text: str, rows) -> _Job:
+    """A form of (label, widget or layout) rows above a :class:`_Job` whose run button calls
+    ``widget.run``; returns the job."""
+    form = QFormLayout()
+    for label, item in rows:
+        form.addRow(label, item)
+    job = _Job(run_text)
+    job.run_button.clicked.connect(widget.run)
+    lay = QVBoxLayout(widget)
+    lay.addLayout(form)
+    lay.addWidget(job)
+    lay.addStretch(1)
+    return job
+
+
 class PredictWidget(QWidget):
     """Overlap-tile prediction of an image layer (see the module docstring)."""
 
@@ -173,19 +188,9 @@ class PredictWidget(QWidget):
         self.precision.addItems(["auto", "fp32", "bf16"])
         self.instances = QCheckBox("instances (watershed)")
         self.instances.setChecked(True)
-        form = QFormLayout()
-        form.addRow("model", row)
-        form.addRow("image", self.image)
-        form.addRow("", self.tta)
-        form.addRow("tile size (px)", self.tile)
-        form.addRow("precision", self.precision)
-        form.addRow("", self.instances)
-        self.job = _Job("Predict")
-        self.job.run_button.clicked.connect(self.run)
-        lay = QVBoxLayout(self)
-        lay.addLayout(form)
-        lay.addWidget(self.job)
-        lay.addStretch(1)
+        self.job = _lay_out(self, "Predict", [
+            ("model", row), ("image", self.image), ("", self.tta),
+            ("tile size (px)", self.tile), ("precision", self.precision), ("", self.instances)])
 
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "U-Net model", "", "Models (*.pt *.zip)")
@@ -251,18 +256,10 @@ class TrainWidget(QWidget):
         self.minutes.setValue(15.0)
         self.minutes.setSuffix(" min")
         self.run_dir = QLineEdit(str(Path.home() / "unetlab-runs" / "napari"))
-        form = QFormLayout()
-        form.addRow("image", self.image)
-        form.addRow("labels", self.labels)
-        form.addRow("time budget", self.minutes)
-        form.addRow("run folder", self.run_dir)
-        self.job = _Job("Train")
-        self.job.run_button.clicked.connect(self.run)
         self.trained: str | None = None
-        lay = QVBoxLayout(self)
-        lay.addLayout(form)
-        lay.addWidget(self.job)
-        lay.addStretch(1)
+        self.job = _lay_out(self, "Train", [
+            ("image", self.image), ("labels", self.labels), ("time budget", self.minutes),
+            ("run folder", self.run_dir)])
 
     def run(self) -> None:
         if not self.image.currentText() or not self.labels.currentText():
