@@ -123,6 +123,7 @@ def test_train_widget_trains_within_its_budget_and_hands_the_model_over(
     viewer.add_image(img, name="cells")
     viewer.add_labels(lab.astype(np.int32), name="truth")
     w = TrainWidget(viewer)
+    predictor = PredictWidget(viewer)
     assert (w.image.currentText(), w.labels.currentText()) == ("cells", "truth")
     w.minutes.setValue(0.1)
     w.run_dir.setText(str(tmp_path / "runs"))
@@ -130,6 +131,7 @@ def test_train_widget_trains_within_its_budget_and_hands_the_model_over(
     qtbot.waitUntil(lambda: w.trained is not None, timeout=120_000)
     net = load_model(w.trained)
     assert net.width == 16 and w.job.status.text().startswith("trained")
+    assert predictor.model.currentText() == w.trained          # handed to the predictor
     assert (tmp_path / "runs" / "data" / "labels" / "00.tif").is_file()
 
 

@@ -16,6 +16,7 @@ The computation is the library's (:func:`unetlab.predict.predict_tiled`,
 from __future__ import annotations
 
 import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ class Cancelled(Exception):
 
 
 _CANCELLED = object()     # what a cancelled worker returns
+_PREDICT_WIDGETS: "weakref.WeakSet[PredictWidget]" = weakref.WeakSet()   # the live ones
 
 
 class _Progress(QObject):
@@ -171,6 +173,7 @@ class PredictWidget(QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
         self.viewer = napari_viewer
+        _PREDICT_WIDGETS.add(self)
         self.model = QComboBox()
         self.model.setEditable(True)
         browse = QPushButton("…")
@@ -274,11 +277,9 @@ class TrainWidget(QWidget):
     def _done(self, model_path: str) -> None:
         self.trained = model_path
         self.job.status.setText(f"trained: {model_path}")
-        for w in self.viewer.window._dock_widgets.values() if hasattr(
-                self.viewer, "window") else ():
-            inner = w.widget() if hasattr(w, "widget") else None
-            if isinstance(inner, PredictWidget):
-                inner.model.setCurrentText(model_path)
+        for w in list(_PREDICT_WIDGETS):         # hand the model to this viewer's predictors
+            if w.viewer is self.viewer:
+                w.model.setCurrentText(model_path)
 
 
 #: the training recipe of the widget: the demo's CPU recipe (width 16, depth 3, batch norm,
