@@ -1,6 +1,6 @@
 """Elastic deformation (Sec. 3.1) of a 572² float32 image + uint8 label: unetlab vs elasticdeform.
 
-Target (issue 3): ≥ 5× the ``elasticdeform`` package's
+Target: ≥ 5× the ``elasticdeform`` package's
 ``deform_random_grid([img, lbl], sigma=10, points=3, order=[3, 0])``, measured side by side.
 Both use mirrored borders (``mode="mirror"``), so they do the same work. Also shown: a plain
 scipy baseline (field by ``zoom(order=3)``, resampling by ``map_coordinates``) and the full

@@ -1,4 +1,4 @@
-"""Out-of-core prediction through Dask (issue 8, closing note).
+"""Out-of-core prediction through Dask.
 
 An 8192×8192 float32 zarr image (256 MiB) is predicted by a small U-Net (depth 3, width 4,
 "valid") into a zarr group of probabilities (2 × 8192² float32, 512 MiB):

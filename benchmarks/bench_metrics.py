@@ -137,7 +137,7 @@ def main() -> None:
     gt5 = np.stack([iio.imread(f) for f in files])
     prob5 = realistic_probability(gt5, 0)
     t2 = Table(f"ISBI 2012 metrics on {len(files)} real slices of "
-               f"{gt5.shape[2]}×{gt5.shape[1]} (issue target ≤ 30 s)")
+               f"{gt5.shape[2]}×{gt5.shape[1]} (target ≤ 30 s)")
     res = {}
 
     def run():

@@ -1,4 +1,4 @@
-"""The paper's U-Net against this machine's convolution peak (issue 2).
+"""The paper's U-Net against this machine's convolution peak.
 
 * **Peak**: one 3×3 convolution 64→64 on a 512² image, channels_last, batch 1 — unpadded (as
   in the paper's network) and zero-padded; the faster of the two is "the peak".

@@ -1,4 +1,4 @@
-"""Training-step cost with and without data augmentation (issue 4, item 7).
+"""Training-step cost with and without data augmentation.
 
 Target: a training step with the paper's augmentation (elastic 3×3 grid σ = 10 px, rotation,
 flips, shift, grey values), tiles and weight maps produced off the training thread by the

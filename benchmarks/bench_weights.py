@@ -1,6 +1,6 @@
 """Weight map (Eq. 2): windowed distance transforms vs one full EDT per instance.
 
-Target (issue 3): ``border_weight_map`` ≥ 20× the naive reference (tests/reference/
+Target: ``border_weight_map`` ≥ 20× the naive reference (tests/reference/
 naive_weights.py: one full-image ``distance_transform_edt`` per instance, keeping the two
 smallest distances) on ../shared/data/dsb2018_nuclei/mask2d.tif (512², 125 touching nuclei), with
 max |fast − naive| ≤ 1e-5. Also: the same on a synthetic 512² image, and the full
