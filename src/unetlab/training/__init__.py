@@ -100,14 +100,18 @@ def _open_run(config: TrainConfig, resume: bool, overwrite: bool,
 
 
 def _choose_threads(config: TrainConfig, net, tile: int, device, precision: str):
-    """(threads, one-line reason): ``config.threads`` when ≥ 1, else measured on a copy of the
-    network (:func:`unetlab.hardware.thread_count`)."""
-    from ..hardware import thread_count
+    """(threads, one-line reason, seconds per step or None): ``config.threads`` when ≥ 1, else
+    the faster of 1 thread and all cores, measured on a copy of the network
+    (:func:`unetlab.hardware.fastest_threads`); the step time is then returned too, so that a
+    ``--time`` budget need not measure it again."""
+    from ..hardware import fastest_threads, thread_count
 
-    step = None
     if config.threads == 0 and device.type == "cpu":
-        step = timing_step(net, config.optimizer, tile, device, precision, config.batch)
-    return thread_count(config.threads or None, step, device)
+        n, step_s, why = fastest_threads(timing_step(net, config.optimizer, tile, device,
+                                                     precision, config.batch))
+        return n, why, step_s
+    n, why = thread_count(config.threads or None, None, device)
+    return n, why, None
 
 
 def train(config: TrainConfig, resume: bool = False, *, overwrite: bool = False,
@@ -151,15 +155,16 @@ def train(config: TrainConfig, resume: bool = False, *, overwrite: bool = False,
 
 
 def _fit_budget(config: TrainConfig, net, tile: int, dev, precision: str, val_samples,
-                started: float, say) -> TrainConfig:
+                started: float, say, step_s: float | None = None) -> TrainConfig:
     """``config`` with ``iterations`` set from ``config.time`` (:mod:`.budget`): the step time
     of a copy of the network and one validation pass are measured here."""
     from .budget import (budget_iterations, curves_seconds, median_seconds, parse_duration,
                          save_seconds)
     from .validation import validation_scores, validation_targets
 
-    step_s = median_seconds(timing_step(net, config.optimizer, tile, dev, precision,
-                                        config.batch))
+    if step_s is None:       # not measured by the thread choice
+        step_s = median_seconds(timing_step(net, config.optimizer, tile, dev, precision,
+                                            config.batch))
     save_s = save_seconds(net)
     val_s = 0.0
     if val_samples:      # scores, then best.pt, a checkpoint and curves.png
@@ -187,11 +192,11 @@ def _train(config, ckpt, train_samples, val_samples, dev, precision, callback, r
         with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
             torch.manual_seed(config.seed)
             net, tile, out_size = build_net(config, train_samples[0].channels)
-            threads, why = _choose_threads(config, net, tile, dev, precision)
+            threads, why, step_s = _choose_threads(config, net, tile, dev, precision)
             torch.set_num_threads(threads)
             if fix_budget:
                 config = _fit_budget(config, net, tile, dev, precision, val_samples, started,
-                                     say)
+                                     say, step_s)
             resolved = (f"resolved: device = {dev}, precision = {precision}, threads = "
                         f"{threads}")
             say(f"training on {dev}, precision {describe_precision(precision, dev)}, CPU "
