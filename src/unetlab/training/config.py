@@ -63,6 +63,9 @@ class TrainConfig:
     synthetic_size: int = _opt(256, "side of the generated images (px); at least the "
                                "network's smallest valid input tile")
     synthetic_seed: int = _opt(0, "seed of the generated images (validation uses seed + 1)")
+    preset: str = _opt("paper", "starting values of the options not given: 'auto' (cpu on a "
+                       "CPU, paper on a GPU), 'cpu' (learns within an hour on a CPU) or "
+                       "'paper' (Sec. 3 exactly); the command line's default is 'auto'")
     # ---- network (unetlab.model.UNet)
     width: int = _opt(64, "channels of the first level (64 in the paper)")
     depth: int = _opt(4, "number of 2×2 max poolings (4 in the paper)")
@@ -133,7 +136,7 @@ class TrainConfig:
                    "upsampling": ("upconv", "bilinear"), "optimizer": ("sgd", "adam"),
                    "schedule": ("poly", "cosine", "constant"),
                    "select": ("rand_error", "pixel_error", "loss"),
-                   "precision": ("auto", "fp32", "bf16")}
+                   "precision": ("auto", "fp32", "bf16"), "preset": ("auto", "cpu", "paper")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 self._bad(name, f"must be one of {', '.join(allowed)}")
@@ -210,14 +213,20 @@ def _check_type(name: str, value: Any, typ: Any, where: str) -> Any:
 
 # ---------------------------------------------------------------------------- config files
 def config_to_toml(config: TrainConfig, comments: bool = True, footer: str = "") -> str:
-    """The configuration as TOML, every option with a comment saying what it is; ``footer``
+    """The configuration as TOML, every option with a comment saying what it is (and, where the
+    value is its preset's, why the preset chose it); ``footer``
     (comment lines, e.g. the resolved device and precision) is appended."""
     import tomli_w
 
+    from .presets import preset_reasons
+
+    why = preset_reasons(config) if comments else {}
     lines = [TOML_HEADER]
     for f in fields(config):
         if comments:
             lines.append(f"# {f.metadata.get('doc', '')}")
+            if f.name in why:
+                lines.append(f"# why ({config.preset} preset): {why[f.name]}")
         lines.append(tomli_w.dumps({f.name: getattr(config, f.name)}).rstrip("\n"))
     lines.extend(f"# {line}" for line in footer.splitlines())
     return "\n".join(lines) + "\n"
@@ -258,6 +267,11 @@ def _toml():
 
 def load_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
     """Read a TOML configuration written by ``--print-config`` (or any subset of it)."""
+    return config_from_mapping(_read_toml(path), base, where=str(path))
+
+
+def _read_toml(path: str | Path) -> dict[str, Any]:
+    """The top-level keys of the TOML file ``path``; a clear error when it is not one."""
     toml = _toml()
     path = Path(path)
     if not path.is_file():
@@ -269,22 +283,30 @@ def load_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfi
     nested = [k for k, v in values.items() if isinstance(v, dict)]
     if nested:
         raise UnetlabError(f"{path}: unexpected table [{nested[0]}]; options are top-level keys")
-    return config_from_mapping(values, base, where=str(path))
+    return values
 
 
 def resolve_config(flags: dict[str, Any], config_file: str | None = None,
                    resume: bool = False) -> TrainConfig:
-    """The configuration of a command line: defaults < ``config_file`` < ``flags`` (option name
-    → value, None = not given). With ``resume`` the run's own stored configuration
+    """The configuration of a command line: preset < ``config_file`` < ``flags`` (option name
+    → value, None = not given); the preset is ``preset`` of the flags or the file, else 'auto'
+    (:mod:`unetlab.training.presets`: 'cpu' on a CPU, 'paper' on a GPU). With ``resume`` the run's own stored configuration
     (``OUT/config.toml``, or its checkpoint when the run stopped before writing it) replaces
     the defaults; the trainer then checks that only the options that may change did."""
     flags = {k: v for k, v in flags.items() if v is not None}
-    cfg = TrainConfig()
     if resume:
         out = flags.get("out") or (load_config(config_file).out if config_file else None)
         if out is None:
             raise UnetlabError("--resume: give the run folder with --out RUN")
         cfg = _stored_config(Path(out))
+    else:
+        from .presets import apply_preset
+
+        given = _read_toml(config_file) if config_file else {}
+        given.update(flags)
+        pick = {k: given.get(k, "auto") for k in ("preset", "device", "precision")}
+        cfg = config_from_mapping({k: pick[k] for k in ("device", "precision")}).check()
+        cfg = apply_preset(TrainConfig(), pick["preset"], cfg.device, cfg.precision)[0]
     if config_file:
         cfg = load_config(config_file, cfg)
     return config_from_mapping(flags, cfg, where="command line").check()
