@@ -79,10 +79,10 @@ class Augment:
     None. Volumes: image ``(C, Z, Y, X)`` (or ``(Z, Y, X)`` when classes or weights
     ``(Z, Y, X)`` are given; returned in the layout given) — a 3×3×3 lattice (``elastic_grid``
     per axis), rotation about z, shifts on every axis, flips also along z, one tricubic /
-    nearest / trilinear resampling (:mod:`unetlab.elastic3d`). Geometry is applied to all three with one resampling (image bicubic, classes nearest,
-    weights bilinear; borders mirrored), then flips/quarter turns exactly, then grey-value changes
-    to the image only. ``rng``: seed or Generator for this call; None uses the pipeline's own
-    generator, seeded by ``seed``.
+    nearest / trilinear resampling (:mod:`unetlab.elastic3d`). Geometry is applied to all three
+    with one resampling (image bicubic, classes nearest, weights bilinear; borders mirrored),
+    then flips/quarter turns exactly, then grey-value changes to the image only. ``rng``: seed
+    or Generator for this call; None uses the pipeline's own generator, seeded by ``seed``.
 
     Parameters (each transform is applied with its probability ``p_*``):
 
@@ -217,7 +217,8 @@ class Augment:
     def coordinates(params: AugmentParams, shape: tuple[int, ...]) -> tuple[np.ndarray, ...]:
         """Source coordinates ``(ys, xs)`` (each (H, W) float64, px) of the geometric part
         (rotation about the centre, shift, elastic field) — see the module docstring; for a
-        volume ``shape = (Z, Y, X)``, ``(zs, ys, xs)`` (:func:`unetlab.elastic3d.coordinates_3d`)."""
+        volume ``shape = (Z, Y, X)``, ``(zs, ys, xs)``
+        (:func:`unetlab.elastic3d.coordinates_3d`)."""
         d = params.displacements
         if d is not None and np.ndim(d) != len(shape) + 1:
             raise UnetlabError(f"Augment: displacements of shape {np.shape(d)} do not fit "

@@ -137,8 +137,8 @@ def _contact_gaps(rng: np.random.Generator, lab: np.ndarray, fraction: float) ->
 
 
 def _clean(lab: np.ndarray, min_area: int) -> np.ndarray:
-    """Keep the largest 4-connected (face-connected in 3D) piece of each id, drop cells under ``min_area`` px,
-    relabel 1..K in raster order of first appearance (int32)."""
+    """Keep the largest 4-connected (face-connected in 3D) piece of each id, drop cells under
+    ``min_area`` px, relabel 1..K in raster order of first appearance (int32)."""
     from skimage.measure import label as cc_label
 
     cc = cc_label(lab, connectivity=1, background=0)

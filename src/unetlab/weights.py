@@ -125,10 +125,11 @@ def border_radius(w0: float = 10.0, sigma: float = 5.0, tol: float = DEFAULT_TOL
     At a background pixel d1 ≥ ``step``, the smallest voxel size (1 pixel; ``min(spacing)`` in
     physical units). If the second-nearest instance is farther than ``R`` then
     d1 + d2 > step + R and the true term is below w0·exp(−(step+R)²/(2σ²)); setting that equal
-    to ``tol`` gives ``R = σ·sqrt(2·ln(w0/tol)) − step``. Any instance within ``R`` of a pixel lies in a
-    window of its bounding box grown by ``ceil(R)``, where its distance is computed exactly; so
-    restricting each instance's distance transform to that window changes the term by at most
-    ``tol`` (the term is set to 0 where fewer than two instances are within reach).
+    to ``tol`` gives ``R = σ·sqrt(2·ln(w0/tol)) − step``. Any instance within ``R`` of a pixel
+    lies in a window of its bounding box grown by ``ceil(R / spacing)`` voxels per axis, where
+    its distance is computed exactly; so restricting each instance's distance transform to that
+    window (or dropping distances above ``R``) changes the term by at most ``tol`` (the term is
+    set to 0 where fewer than two instances are within reach).
     w0 = 10, σ = 5, tol = 1e-6 → R ≈ 27.4 px. ``tol <= 0`` → ``inf`` (full transforms).
     """
     if tol <= 0:

@@ -53,10 +53,11 @@ class TileSampler:
                 on; "uniform": every sample equally likely.
 
     :meth:`sample` returns ``(image (C, T, T) float32, classes (O, O) uint8, weights (O, O)
-    float32)`` (volumes: ``(C, Tz, Ty, Tx)``, ``(Oz, Oy, Ox)``, ``(Oz, Oy, Ox)``). The output window (O×O) is placed uniformly at random among the positions inside
-    the image (or, where the image is smaller than O, among the positions that contain the image);
-    the input tile adds ``(T - O) / 2`` pixels of context on each side, taken from the image where
-    it exists and mirrored (``numpy.pad(mode="reflect")``, repeated) where it does not — the
+    float32)`` (volumes: ``(C, Tz, Ty, Tx)``, ``(Oz, Oy, Ox)``, ``(Oz, Oy, Ox)``). The output
+    window (O×O) is placed uniformly at random among the positions inside the image (or, where
+    the image is smaller than O, among the positions that contain the image); the input tile
+    adds ``(T - O) / 2`` pixels of context on each side, taken from the image where it exists
+    and mirrored (``numpy.pad(mode="reflect")``, repeated) where it does not — the
     paper's overlap-tile strategy (Sec. 2, Fig. 2). Targets outside the image are ignored (class
     IGNORE_INDEX, weight 0); labels are never mirrored. Deterministic given ``rng``; picklable if
     ``targets_fn`` and ``augment`` are.
