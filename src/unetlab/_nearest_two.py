@@ -83,9 +83,9 @@ def nearest_two(pos: np.ndarray, radius: float, spacing=None) -> tuple[np.ndarra
     shape = pos.shape
     steps = (1.0,) * pos.ndim if spacing is None else tuple(float(s) for s in spacing)
     cut = math.inf if math.isinf(radius) else float(radius) ** 2
-    lab = np.where(pos > 0, pos, 0).astype(np.int64)
-    arrays = [np.where(lab > 0, 0.0, np.inf), lab, np.full(shape, np.inf),
-              np.zeros(shape, np.int64)]
+    ids = np.int32 if pos.dtype == np.int32 else np.int64     # 24 bytes per voxel and copy
+    lab = np.where(pos > 0, pos, 0).astype(ids)
+    arrays = [np.where(lab > 0, 0.0, np.inf), lab, np.full(shape, np.inf), np.zeros(shape, ids)]
     for ax in range(pos.ndim - 1, -1, -1):
         n = shape[ax]
         moved = [np.ascontiguousarray(np.moveaxis(a, ax, -1)) for a in arrays]
