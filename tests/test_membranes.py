@@ -71,3 +71,34 @@ def test_region_boundaries_matches_a_loop():
 def test_bad_input_is_a_clear_error(prob, kw, needle):
     with pytest.raises(UnetlabError, match=needle.replace("[", r"\[").replace("]", r"\]")):
         close_membranes(prob, **kw)
+
+
+def test_predict_close_membranes_writes_the_closed_map(tmp_path, capsys):
+    import tifffile
+    import torch
+
+    from unetlab.checkpoint import save_model
+    from unetlab.cli import main
+    from unetlab.model import UNet
+    from unetlab.writers import write_png
+
+    torch.manual_seed(0)
+    save_model(UNet(width=2, depth=1), tmp_path / "m.pt")
+    save_model(UNet(width=2, depth=1, num_classes=3), tmp_path / "m3.pt")
+    rng = np.random.default_rng(0)
+    write_png(tmp_path / "a.png", (rng.random((48, 40)) * 255).astype(np.uint8))
+    common = [str(tmp_path / "a.png"), "--threads", "1", "--quiet", "--no-overlay",
+              "--precision", "fp32"]
+    assert main(["predict", str(tmp_path / "m.pt"), *common, "--out", str(tmp_path / "raw")]) == 0
+    assert main(["predict", str(tmp_path / "m.pt"), *common, "--out", str(tmp_path / "c"),
+                 "--close-membranes"]) == 0
+    raw = tifffile.imread(tmp_path / "raw" / "a_prob.tif")
+    closed = tifffile.imread(tmp_path / "c" / "a_prob.tif")
+    np.testing.assert_array_equal(closed, close_membranes(raw))
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "m.pt"), *common, "--out", str(tmp_path / "p"),
+                 "--close-membranes", "--format", "png"]) == 2
+    assert "--close-membranes" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "m3.pt"), *common, "--out", str(tmp_path / "k"),
+                 "--close-membranes"]) == 2
+    assert "2-class" in capsys.readouterr().err

@@ -47,7 +47,8 @@ class PredictOptions:
     (pixels), min_size [--min-size] (pixels): instance labels; overlays [not --no-overlay];
     device [--device]; precision [--precision]; threads [--threads] (None: by measurement);
     dask [--dask], workers [--workers], scheduler [--scheduler]; overwrite [--overwrite];
-    progress [not --quiet].
+    progress [not --quiet]; close_membranes [--close-membranes]: P(cell) of a 2-class model
+    through :func:`unetlab.membranes.close_membranes` before it is written (TIFF output).
     """
 
     tta: bool = False
@@ -68,6 +69,7 @@ class PredictOptions:
     scheduler: str | None = None
     overwrite: bool = False
     progress: bool = True
+    close_membranes: bool = False
 
     def check(self) -> None:
         """Raise :class:`UnetlabError` (naming the flag) for a value out of range or an option
@@ -91,6 +93,9 @@ class PredictOptions:
             raise UnetlabError(f"--format: use one of {', '.join(FORMATS)}, got {self.format!r}")
         if self.dask and self.format != "zarr":
             raise UnetlabError("--dask writes zarr: use --format zarr (or leave --format out)")
+        if self.close_membranes and (self.dask or self.format != "tif"):
+            raise UnetlabError("--close-membranes writes the closed map as a TIFF: leave out "
+                               "--dask and --format (or use --format tif)")
         if not self.dask and (self.workers is not None or self.scheduler is not None):
             flag = "--workers" if self.workers is not None else "--scheduler"
             raise UnetlabError(f"{flag} applies to Dask prediction only: add --dask")

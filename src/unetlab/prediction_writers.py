@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import UnetlabError
 from .sources import NormalizedView
 
 __all__ = ["predict_job", "overlay", "ClassSelect", "PICTURE_PIXELS", "MAX_OVERLAYS"]
@@ -51,7 +52,9 @@ def _foreground(arr, stack: bool) -> np.ndarray:
     return np.asarray(arr[:, 1] if stack else arr[1])
 
 
-def _predict_tif(net, view, final: Path, kw: dict, want_fg: bool):
+def _predict_tif(net, view, final: Path, kw: dict, want_fg: bool, close: bool = False):
+    """Predict into a memory-mapped TIFF; ``close``: P(cell) of a 2-class model through
+    :func:`unetlab.membranes.close_membranes` before the file is complete."""
     import tifffile
 
     from . import predict as pr
@@ -66,6 +69,10 @@ def _predict_tif(net, view, final: Path, kw: dict, want_fg: bool):
                              bigtiff=4 * int(np.prod(shape)) > 2**31)
         target = ClassSelect(mm, 1, K, view.stack) if two else mm
         pr.predict_tiled(net, view, out=target, **kw)
+        if close:
+            from .membranes import close_membranes
+
+            mm[...] = close_membranes(np.asarray(mm))
         mm.flush()
         fg = None
         if want_fg:
@@ -193,7 +200,10 @@ def predict_job(net, model, job, opts, device, log) -> list[Path]:
     if opts.dask:
         written, fg = _predict_dask(model, job, opts, device, want_fg)
     elif opts.format == "tif":
-        written, fg = _predict_tif(net, view, final, kw, want_fg)
+        if opts.close_membranes and int(net.num_classes) != 2:
+            raise UnetlabError(f"--close-membranes: needs a 2-class (membrane / cell) model; "
+                               f"{model} has {int(net.num_classes)} classes")
+        written, fg = _predict_tif(net, view, final, kw, want_fg, opts.close_membranes)
     elif opts.format == "png":
         written, fg = _predict_png(net, view, job.outputs, kw)
     else:
