@@ -82,7 +82,8 @@ def main() -> None:
         t.add_times(k, times[k], note=note)
     t.print()
     r = t.ratio("unetlab elastic_deform")
-    print(f"speed-up of unetlab elastic_deform (Keys cubic) over {base}: {r:.1f}× (target ≥ 5×)")
+    print(f"speed-up of unetlab elastic_deform (Keys cubic) over {base}: {r:.1f}× "
+          f"(target ≥ 5×)")
     if elasticdeform is not None:
         r2 = t.get("elasticdeform prefilter=False").median / t.get("unetlab elastic_deform").median
         print(f"speed-up of unetlab elastic_deform (Keys cubic) over elasticdeform "
