@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -83,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         from unetlab.evaluation import load_pairs
         from unetlab.hardware import describe_precision
 
+        for path, what in ((args.model, "MODEL"), (args.images, "IMAGES"),
+                           (args.labels, "LABELS")):
+            if not Path(path).exists():
+                raise UnetlabError(f"{what} {path}: no such file or folder")
         net = load_model(args.model)
         pairs, _ = load_pairs(args.images, args.labels, prefer=())
         if args.slices is not None:
