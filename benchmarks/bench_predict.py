@@ -7,8 +7,8 @@
 
    a. fp32 and bf16 autocast, each in NCHW and channels_last (four cases interleaved); the
       fastest layout of each precision and the bf16/fp32 time ratio per width;
-   b. against MONAI ``sliding_window_inference`` (roi 512², overlap 0.25, ``mode="gaussian"``
-      blending, batch 1) with a MONAI ``BasicUNet`` of the same widths: features
+   b. against MONAI ``sliding_window_inference`` (roi 512² or the image if smaller, overlap
+      0.25, ``mode="gaussian"`` blending, batch 1) with a MONAI ``BasicUNet`` of the same widths: features
       (w, 2w, 4w, 8w, 16w, w), ReLU, no normalisation, no dropout — the same five levels, two
       3×3 convolutions per level, 2×2 max pooling and 2×2 transposed convolutions (BasicUNet
       pads its convolutions ("same") and its last up-convolution does not halve the channels).
@@ -111,6 +111,7 @@ def _monai_call(mnet, img, precision: str, channels_last: bool):
     from unetlab.hardware import autocast
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
+    roi = _monai_roi(img)
     mnet.to(memory_format=fmt)
     x = torch.from_numpy(img)[None, None].contiguous(memory_format=fmt)
 
@@ -120,11 +121,16 @@ def _monai_call(mnet, img, precision: str, channels_last: bool):
 
     def run():
         with torch.inference_mode():
-            y = sliding_window_inference(x, roi_size=(MONAI_ROI, MONAI_ROI), sw_batch_size=1,
+            y = sliding_window_inference(x, roi_size=(roi, roi), sw_batch_size=1,
                                          predictor=predictor, overlap=MONAI_OVERLAP,
                                          mode=MONAI_MODE)
             return torch.softmax(y, 1)
     return run
+
+
+def _monai_roi(img) -> int:
+    """MONAI's window side: 512, or the image's shorter side when smaller (MONAI would pad)."""
+    return min(MONAI_ROI, *img.shape)
 
 
 def _against_monai(width: int, net, img, tile: int, precision: str, layout: str,
@@ -144,7 +150,7 @@ def _against_monai(width: int, net, img, tile: int, precision: str, layout: str,
               f"(unetlab's fastest), batch 1, per output megapixel",
               baseline="monai sliding_window_inference", work_unit="Mpx/s")
     t.add_times("monai sliding_window_inference", times["monai sliding_window_inference"],
-                work=img.size / 1e6, note=f"BasicUNet ('same' padding), roi {MONAI_ROI}², overlap "
+                work=img.size / 1e6, note=f"BasicUNet ('same' padding), roi {_monai_roi(img)}², overlap "
                 f"{MONAI_OVERLAP}, blending {MONAI_MODE}")
     t.add_times("unetlab predict_tiled", times["unetlab predict_tiled"], work=img.size / 1e6,
                 note=f"valid tiles {tile}² (auto), no output overlap, no blending")
