@@ -176,6 +176,7 @@ def _speed() -> None:
     import torch
 
     from unetlab.model import UNet
+    from unetlab.engine import balanced_tile
     from unetlab.tiling import TileGeometry, choose_tile_size
 
     img = _image(SIZE)
@@ -183,7 +184,8 @@ def _speed() -> None:
     for width in _widths():
         torch.manual_seed(0)
         net = UNet(width=width, depth=4).eval()
-        tile = choose_tile_size(TileGeometry.from_net(net), img.shape)[0]
+        geom = TileGeometry.from_net(net)           # the tile predict_tiled chooses
+        tile = balanced_tile(geom, img.shape, choose_tile_size(geom, img.shape))[0]
         best = _precision_layouts(width, net, img, tile)
         prec = min(best, key=lambda p: best[p][2])
         layout, cl, _ = best[prec]
