@@ -47,7 +47,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .engine import CHANNELS_LAST_MIN_PIXELS, TileEngine, make_runner
+from .engine import CHANNELS_LAST_MIN_PIXELS, TileEngine, balanced_tile, make_runner
 from .errors import UnetlabError
 from .sources import ImageSource, NormalizedView, from_array
 from .tiling import DIHEDRAL, TileGeometry, choose_tile_size, read_padded
@@ -92,9 +92,11 @@ def image_layout(net, shape: Sequence[int]) -> tuple[bool, tuple[int, ...]]:
 def _tile_request(geom: TileGeometry, tile_size, hw, batch: int,
                   memory_budget) -> tuple[int, int]:
     """The requested input tile (h, w): ``tile_size`` as given (int or pair), or None → the
-    largest tile whose forward pass of ``batch`` tiles fits the memory budget."""
+    largest tile whose forward pass of ``batch`` tiles fits the memory budget, shrunk to the
+    smallest that needs no more tiles (:func:`unetlab.engine.balanced_tile`)."""
     if tile_size is None:
-        return choose_tile_size(geom, hw, batch=batch, budget=memory_budget)
+        return balanced_tile(geom, hw, choose_tile_size(geom, hw, batch=batch,
+                                                        budget=memory_budget))
     if isinstance(tile_size, (int, np.integer)):
         req = (int(tile_size), int(tile_size))
     else:

@@ -286,7 +286,7 @@ def predict_files(model, inputs: Sequence[str | Path], out_dir: str | Path,
     except OSError as e:
         raise UnetlabError(f"--out {out_dir}: cannot create folder ({e.strerror or e})") from None
     if not opts.dask:
-        _choose_threads(net, jobs[0].source, opts, device, log)
+        _choose_threads(net, jobs, opts, device, log)
         log(f"precision: {describe_precision(resolve_precision(opts.precision, device), device)}")
     written = []
     for job in jobs:
@@ -295,19 +295,29 @@ def predict_files(model, inputs: Sequence[str | Path], out_dir: str | Path,
     return written
 
 
-def _choose_threads(net, source, opts: PredictOptions, device, log) -> None:
+def _choose_threads(net, jobs: Sequence[Job], opts: PredictOptions, device, log) -> None:
     """Set torch's CPU thread count: ``opts.threads``, or the faster of 1 and all threads on
-    one tile of this run (a busy machine can be much faster with one); one line to ``log``."""
+    one tile of this run (a busy machine can be much faster with one), unless the whole run is
+    too short for measuring to pay (:func:`unetlab.hardware.thread_count`); one line to
+    ``log``."""
     import torch
 
-    from .hardware import thread_count
+    from .hardware import MIN_STEPS_TO_MEASURE, thread_count
     from .predict import _tile_request
     from .tiling import TileGeometry, plan_tiles
 
     geom = TileGeometry.from_net(net)
-    H, W = source.shape[-2:]
-    req = _tile_request(geom, opts.tile, (H, W), opts.batch * (8 if opts.tta else 1), None)
-    th, tw = plan_tiles(geom, (H, W), req).tile_in
+    ntrans = 8 if opts.tta else 1
+    steps, tile = 0, None
+    for job in jobs:          # tile passes (one tile, one transform), as far as they matter
+        if steps >= MIN_STEPS_TO_MEASURE:
+            break
+        H, W = job.source.shape[-2:]
+        req = _tile_request(geom, opts.tile, (H, W), opts.batch * ntrans, None)
+        plan = plan_tiles(geom, (H, W), req)
+        tile = tile or plan.tile_in
+        steps += int(job.source.shape[0]) * len(plan) * ntrans
+    th, tw = tile
     x = torch.zeros((1, int(net.in_channels), th, tw))
     on_cpu = device.type == "cpu" and next(net.parameters()).device.type == "cpu"
     was = net.training
@@ -318,7 +328,7 @@ def _choose_threads(net, source, opts: PredictOptions, device, log) -> None:
             net(x)
 
     try:
-        n, why = thread_count(opts.threads, step if on_cpu else None, device)
+        n, why = thread_count(opts.threads, step if on_cpu else None, device, steps=steps)
     finally:
         net.train(was)
     torch.set_num_threads(n)
