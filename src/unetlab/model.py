@@ -452,7 +452,7 @@ class UNet(nn.Module):
         skips = []
         last = self.depth - 1
         for i, (block, pool) in enumerate(zip(self.down, self.pool_layers)):
-            x = block(x)
+            x = self._input_block(x) if i == 0 else block(x)
             if i == last:
                 x = self.drop(x)
             skips.append(x)
@@ -463,7 +463,33 @@ class UNet(nn.Module):
             if self.padding == "valid":
                 skip = _center_crop(skip, x.shape[2:])
             x = block(torch.cat([skip, x], dim=1))
-        return self.head(x)
+        return self._logits(x)
+
+    def _input_block(self, x: torch.Tensor) -> torch.Tensor:
+        """The first block; under autocast its first convolution runs in fp32: rounding the
+        normalised image to bf16 (spacing 2^-6 at 2) was the largest source of bf16-vs-fp32
+        differences in the probabilities (max |ΔP| 0.027 → 0.008 on ISBI slices); with one or
+        a few input channels this convolution is a small part of the work."""
+        block = self.down[0]
+        if (x.dtype != torch.float32 or torch.jit.is_scripting() or torch.jit.is_tracing()
+                or not torch.is_autocast_enabled(x.device.type)):
+            return block(x)
+        first, *rest = block
+        with torch.autocast(x.device.type, enabled=False):
+            x = first(x)
+        for layer in rest:
+            x = layer(x)
+        return x
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The 1×1 output convolution. Under bf16/fp16 autocast it runs in fp32 on the
+        low-precision features: rounding the logits to bf16 (8-bit mantissa) alone moves a
+        probability near 0.5 by up to ~1e-2; the fp32 head costs < 1 % of the forward."""
+        if (x.dtype == torch.float32 or torch.jit.is_scripting() or torch.jit.is_tracing()
+                or self.head.weight.dtype != torch.float32):
+            return self.head(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return self.head(x.float())
 
     def extra_repr(self) -> str:
         extra = ""
