@@ -10,11 +10,11 @@ on held-out, densely labelled volumes by :func:`unetlab.training.validation.vali
 (whole volumes through ``predict_tiled``): the foreground voxel IoU of P(cell) > 0.5 and SEG of
 its face-connected components (no watershed), and the weighted cross-entropy.
 
-Full size (the lead's run; hours on a CPU, minutes on a GPU)::
+Full size (hours on a CPU, minutes on a GPU)::
 
     python -m benchmarks.sparse3d --out runs/sparse3d
 
-Small size (about 2–3 minutes on one CPU core)::
+Small size (about a minute of CPU time; a few minutes on a busy core)::
 
     python -m benchmarks.sparse3d --small
 
@@ -33,10 +33,11 @@ import numpy as np
 #: the full size: 4 training volumes of 64×128×128 voxels, 2× longer along z
 FULL = dict(volumes=4, test_volumes=2, shape="64,128,128", spacing="2,1,1", every=32, keep=3,
             iterations=2000, width=16, depth=3, pooling="1,2,2;2,2,2;2,2,2", tile=116,
-            tile_z=64)
+            tile_z=64, norm="batch", lr=0.003)
 #: the small size: minutes on one CPU core
 SMALL = dict(volumes=4, test_volumes=2, shape="32,64,64", spacing="2,1,1", every=32, keep=3,
-             iterations=150, width=4, depth=2, pooling="", tile=60, tile_z=60)
+             iterations=100, width=4, depth=2, pooling="", tile=60, tile_z=60, norm="batch",
+             lr=0.003)
 
 UNLABELLED = 65535
 
@@ -62,7 +63,7 @@ def write_volumes(folder: Path, n: int, shape, spacing, seed: int, every: int, k
     annotated = total = 0
     for i, (img, lab) in enumerate(touching_cells_3d(n, shape, seed, spacing=spacing)):
         name = f"v{i:02d}.tif"
-        tifffile.imwrite(folder / "image" / name, (img * 4000).astype(np.uint16), imagej=True,
+        tifffile.imwrite(folder / "image" / name, img.astype(np.float32), imagej=True,
                          resolution=(1 / spacing[2], 1 / spacing[1]),
                          metadata={"spacing": spacing[0], "unit": "um", "axes": "ZYX"})
         tifffile.imwrite(folder / "dense" / name, lab.astype(np.uint16))
@@ -82,10 +83,10 @@ def train_one(args, data: Path, labels: str, out: Path):
         data=str(data / "image"), labels=str(data / labels), out=str(out), dims=3,
         unlabelled=UNLABELLED if labels == "sparse" else -1, width=args.width,
         depth=args.depth, pooling=args.pooling, tile=args.tile, tile_z=args.tile_z,
-        iterations=args.iterations, warmup=min(100, args.iterations // 10), optimizer="adam",
-        momentum=0.9, lr=args.lr, dropout=0.0, select="seg", seed=args.seed,
+        norm=args.norm, iterations=args.iterations, warmup=min(100, args.iterations // 10),
+        optimizer="adam", momentum=0.9, lr=args.lr, dropout=0.0, select="seg", seed=args.seed,
         checkpoint_every=max(args.iterations // 4, 1), log_every=10, progress=False,
-        threads=args.threads, device=args.device, precision="fp32")
+        threads=args.threads, device=args.device, precision=args.precision)
     t0 = time.perf_counter()
     run = train(cfg, say=lambda msg: None)
     return run, time.perf_counter() - t0
@@ -112,7 +113,7 @@ def parse(argv=None) -> argparse.Namespace:
     for k, v in FULL.items():
         p.add_argument("--" + k.replace("_", "-"), type=type(v), default=None,
                        help=f"default {v!r} (small: {SMALL[k]!r})")
-    p.add_argument("--lr", type=float, default=0.001, help="Adam's rate (default 0.001)")
+    p.add_argument("--precision", default="fp32", help="fp32 (default), bf16 or auto")
     p.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads; 0 = measure")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -140,9 +141,10 @@ def main(argv=None) -> None:
     print(f"sparse vs dense 3D annotation: {args.volumes} training volumes of {args.shape} "
           f"voxels (spacing {args.spacing}), {args.test_volumes} held-out dense volumes; "
           f"sparse = {args.keep} of every {args.every} z-slices ({100 * frac:.1f} % of the "
-          f"voxels); width {args.width}, depth {args.depth}, pooling '{args.pooling or 2}', "
-          f"tile {args.tile_z}×{args.tile}×{args.tile}, {args.iterations} iterations of Adam "
-          f"(lr {args.lr}), seed {args.seed}")
+          f"voxels); width {args.width}, depth {args.depth}, norm {args.norm}, pooling "
+          f"'{args.pooling or 2}', tile {args.tile_z}×{args.tile}×{args.tile}, "
+          f"{args.iterations} iterations of Adam (lr {args.lr}), {args.precision}, seed "
+          f"{args.seed}")
     print(f"{'labels':<8}{'train s':>9}{'fg IoU':>9}{'SEG':>9}{'test loss':>11}")
     for labels, secs, m in rows:
         print(f"{labels:<8}{secs:>9.1f}{m['iou']:>9.4f}{m['seg']:>9.4f}{m['loss']:>11.4f}")

@@ -124,7 +124,7 @@ def _write_volumes(root, n, shape, spacing, every=None, keep=None, seed=0, cells
     dense = []
     for i, (img, lab) in enumerate(touching_cells_3d(n, shape, seed, spacing=spacing,
                                                      cells=cells)):
-        tifffile.imwrite(root / "image" / f"v{i}.tif", (img * 1000).astype(np.uint16),
+        tifffile.imwrite(root / "image" / f"v{i}.tif", img.astype(np.float32),
                          imagej=True, resolution=(1 / spacing[2], 1 / spacing[1]),
                          metadata={"spacing": spacing[0], "unit": "um", "axes": "ZYX"})
         stored = lab.astype(np.uint16)

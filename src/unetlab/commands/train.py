@@ -30,7 +30,7 @@ z unpooled; --tile-z sets the tile's z side; --unlabelled N marks label value N 
 annotated (sparse annotation: only annotated voxels count in the loss). Validation scores SEG
 and foreground IoU (--select seg|iou|loss; the Rand error is 2D-only). The presets have 3D forms:
 'paper' = Cicek et al. (width 32, depth 3, batch norm, channels doubled, 132x132x116 tiles),
-'cpu' = width 8, depth 3, 132^3 tiles, Adam, --time 60m.
+'cpu' = width 8, depth 3, batch norm, 132^3 tiles, Adam at lr 0.003, --time 60m.
 
 The run folder RUN gets config.toml, checkpoint.pt, model.pt (unetlab.load_model), best.pt
 (best validation score), log.csv and curves.png, all written atomically; data paths are stored

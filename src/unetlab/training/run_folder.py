@@ -24,9 +24,9 @@ from ..atomic import atomic_torch_save, atomic_write_bytes, atomic_write_text
 from ..errors import UnetlabError
 from .config import TOML_HEADER, TrainConfig
 
-__all__ = ["CHECKPOINT_FORMAT", "RUN_FILES", "LOG_FIELDS", "LOG_FIELDS_3D", "write_log", "write_curves",
-           "write_checkpoint", "load_checkpoint", "is_run_folder", "check_out_folder",
-           "describe_models"]
+__all__ = ["CHECKPOINT_FORMAT", "RUN_FILES", "LOG_FIELDS", "LOG_FIELDS_3D", "write_log",
+           "write_curves", "write_checkpoint", "load_checkpoint", "is_run_folder",
+           "check_out_folder", "describe_models"]
 
 CHECKPOINT_FORMAT = "unetlab-checkpoint"
 RUN_FILES = ("config.toml", "checkpoint.pt", "model.pt", "best.pt", "log.csv", "curves.png")
