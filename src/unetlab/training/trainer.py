@@ -20,9 +20,8 @@ from typing import Callable
 import torch
 
 from .build import lr_at, make_optimizer, make_sampler
-from .config import TrainConfig, config_to_toml
+from .config import HIGHER_IS_BETTER, TrainConfig, config_to_toml
 from .prefetch import Prefetcher, sample_batch, torch_seed
-from .config import HIGHER_IS_BETTER
 from .run_folder import (CHECKPOINT_FORMAT, LOG_FIELDS, LOG_FIELDS_3D, model_dict, rng_state,
                          to_cpu, write_checkpoint, write_curves, write_log)
 from .signals import NonFiniteLossError, StopRequest, TrainingInterrupted
