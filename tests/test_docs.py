@@ -21,7 +21,9 @@ cells`` (a small synthetic dataset) and a tiny model at ``runs/demo/model.pt`` (
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import inspect
 import re
 from pathlib import Path
 
@@ -51,6 +53,8 @@ SUBSTITUTIONS = [
     ("docs/tutorial-cells.md", r'\("mycells", 4, 256, 0\), \("myval", 1, 256, 1\), '
                                r'\("mytest", 1, 512, 2\)',
      '("mycells", 2, 96, 0), ("myval", 1, 96, 1), ("mytest", 1, 128, 2)', "image sizes"),
+    ("docs/tutorial-3d.md", r"SHAPE, SPACING = \(64, 128, 128\)", "SHAPE, SPACING = (32, 64, 64)",
+     "volume sizes"),
     ("docs/isbi2012.md", r"\.\./shared/data/isbi2012", str(ISBI), "where the data is"),
     ("docs/isbi2012.md", r"\$DATA/test/image ", r"$DATA/test/image/0[01].png ",
      "2 of the 30 test slices"),
@@ -82,8 +86,20 @@ SLOW = [
 ]
 
 _NOT_THERE = "names files that a user (after demo --data) does not have"
+#: whether predict_tiled predicts volumes (branch h16pred); until then the 3D tutorial's
+#: training cannot validate
+_VOLUMES = "spacing" in inspect.signature(
+    importlib.import_module("unetlab.predict").predict_tiled).parameters
+_NO_VOLUMES = "predict_tiled does not predict volumes yet (branch h16pred)"
+_NO_3D_CLI = "unetlab predict does not take 3D models yet (branch h16pred, its CLI step)"
 #: (source prefix, command prefix, reason) — the commands that fail as written today
-EXPECTED_TO_FAIL_TODAY: list[tuple[str, str, str]] = []
+EXPECTED_TO_FAIL_TODAY: list[tuple[str, str, str]] = [
+    ("docs/tutorial-3d.md", "unetlab predict runs/vol-", _NO_3D_CLI),
+    ("docs/tutorial-3d.md", "unetlab evaluate preds", _NO_3D_CLI + ": no prediction to score"),
+] + ([] if _VOLUMES else [
+    ("docs/tutorial-3d.md", "unetlab train vol --val volval", _NO_VOLUMES),
+    ("docs/tutorial-3d.md", "unetlab train vol/image --labels vol/sparse", _NO_VOLUMES),
+])
 
 #: options of other programs that the docs name in inline code
 FOREIGN_OPTIONS = {"--index-url"}

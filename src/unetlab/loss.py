@@ -47,6 +47,16 @@ def center_crop(x: torch.Tensor, h: int, w: int, name: str = "labels") -> torch.
     return x[..., dh:dh + h, dw:dw + w]
 
 
+def _crop(x: torch.Tensor, size: tuple[int, ...], name: str) -> torch.Tensor:
+    """The centre window ``size`` of the last ``len(size)`` axes of ``x`` (volumes)."""
+    have = tuple(int(s) for s in x.shape[-len(size):])
+    if any(a < b for a, b in zip(have, size)):
+        raise ValueError(f"{name} ({'×'.join(map(str, have))}) are smaller than the network "
+                         f"output ({'×'.join(map(str, size))}); labels must cover at least the "
+                         f"output (they are cropped, never padded)")
+    return x[(...,) + tuple(slice((a - b) // 2, (a - b) // 2 + b) for a, b in zip(have, size))]
+
+
 def weighted_cross_entropy(logits: torch.Tensor, classes: torch.Tensor,
                            weights: torch.Tensor | None = None, *,
                            ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
@@ -54,13 +64,13 @@ def weighted_cross_entropy(logits: torch.Tensor, classes: torch.Tensor,
 
     Parameters
     ----------
-    logits : float tensor (N, K, h, w)
+    logits : float tensor (N, K, h, w), or (N, K, d, h, w) for volumes
         The network's output a_k(x) (not soft-maxed). Computed in float32 even under autocast.
-    classes : integer tensor (N, H, W), H ≥ h, W ≥ w (uint8 or int64)
-        True class ℓ(x) in 0..K−1, or ``ignore_index`` (255) for unlabelled pixels.
-        Centre-cropped to (h, w).
-    weights : float tensor (N, H, W), optional
-        The weight map w(x) (Eq. 2), ≥ 0; centre-cropped to (h, w). ``None`` means w ≡ 1
+    classes : integer tensor (N, H, W), H ≥ h, W ≥ w (uint8 or int64); volumes (N, D, H, W)
+        True class ℓ(x) in 0..K−1, or ``ignore_index`` (255) for unlabelled pixels (e.g. the
+        voxels of a sparse annotation, Çiçek et al. 2016). Centre-cropped to the output.
+    weights : float tensor of the shape of ``classes``, optional
+        The weight map w(x) (Eq. 2), ≥ 0; centre-cropped to the output. ``None`` means w ≡ 1
         (plain cross-entropy).
 
     Returns
@@ -69,23 +79,29 @@ def weighted_cross_entropy(logits: torch.Tensor, classes: torch.Tensor,
     labels whose class is not ``ignore_index`` (over the whole batch). When every pixel is
     ignored the loss is 0 (with a zero gradient), not NaN.
     """
-    if logits.dim() != 4:
-        raise ValueError(f"logits must be (N, K, h, w), got shape {tuple(logits.shape)}")
-    n, k, h, w = (int(s) for s in logits.shape)
-    if classes.dim() != 3 or int(classes.shape[0]) != n:
-        raise ValueError(f"classes must be (N, H, W) with N = {n}, got shape {tuple(classes.shape)}")
+    if logits.dim() not in (4, 5):
+        raise ValueError(f"logits must be (N, K, h, w) or (N, K, d, h, w), got shape "
+                         f"{tuple(logits.shape)}")
+    n, spatial = int(logits.shape[0]), tuple(int(s) for s in logits.shape[2:])
+    axes = "(N, H, W)" if len(spatial) == 2 else "(N, D, H, W)"
+    if classes.dim() != 1 + len(spatial) or int(classes.shape[0]) != n:
+        raise ValueError(f"classes must be {axes} with N = {n}, got shape {tuple(classes.shape)}")
     if classes.is_floating_point():
         raise ValueError(f"classes must be an integer tensor, got {classes.dtype}")
-    classes = center_crop(classes, h, w, "classes").long()
+    if len(spatial) == 2:
+        classes = center_crop(classes, *spatial, "classes").long()
+    else:
+        classes = _crop(classes, spatial, "classes").long()
     logp = F.log_softmax(logits.float(), dim=1)
     # F.nll_loss gives −log p_ℓ(x)(x) per pixel and 0 where ℓ(x) == ignore_index
     nll = F.nll_loss(logp, classes, reduction="none", ignore_index=ignore_index)
     labelled = classes != ignore_index
     if weights is not None:
-        if weights.dim() != 3 or int(weights.shape[0]) != n:
-            raise ValueError(f"weights must be (N, H, W) with N = {n}, "
+        if weights.dim() != 1 + len(spatial) or int(weights.shape[0]) != n:
+            raise ValueError(f"weights must be {axes} with N = {n}, "
                              f"got shape {tuple(weights.shape)}")
-        weights = center_crop(weights, h, w, "weights").to(nll.dtype)
+        weights = (center_crop(weights, *spatial, "weights") if len(spatial) == 2
+                   else _crop(weights, spatial, "weights")).to(nll.dtype)
         # ignored pixels have nll == 0 already; the where also stops a NaN/inf weight there
         nll = torch.where(labelled, nll * weights, torch.zeros((), dtype=nll.dtype, device=nll.device))
     count = labelled.sum()

@@ -22,6 +22,16 @@ why the preset chose it.
 DATA is a dataset folder (image/ + label/ sub-folders, ISBI train-volume.tif + train-labels.tif,
 a Cell Tracking Challenge folder) or 'synthetic' (generated touching cells).
 
+Volumes (--dims 3, the 3D U-Net of Cicek et al. 2016; docs/tutorial-3d.md): DATA holds image/
++ label/ folders of TIFF stacks or zarr volumes, or is a 3D Cell Tracking Challenge folder
+(full or slice annotations); 3x3x3 convolutions, 3D tiles, elastic deformation in 3D, the weight
+map with the voxel aspect (--spacing, else as the files declare it). --pooling 1,2,2 keeps a coarse
+z unpooled; --tile-z sets the tile's z side; --unlabelled N marks label value N as not
+annotated (sparse annotation: only annotated voxels count in the loss). Validation scores SEG
+and foreground IoU (--select seg|iou|loss; the Rand error is 2D-only). The presets have 3D forms:
+'paper' = Cicek et al. (width 32, depth 3, batch norm, channels doubled, 132x132x116 tiles),
+'cpu' = width 8, depth 3, batch norm, 132^3 tiles, Adam at lr 0.003, --time 60m.
+
 The run folder RUN gets config.toml, checkpoint.pt, model.pt (unetlab.load_model), best.pt
 (best validation score), log.csv and curves.png, all written atomically; data paths are stored
 absolute, so the folder works from anywhere. RUN must be new, a run folder, or empty (a
@@ -63,8 +73,10 @@ _METAVARS = {
     "optimizer": "sgd|adam", "lr": "LR", "momentum": "M", "schedule": "poly|cosine|constant",
     "w0": "W0", "sigma": "PX", "seed": "S", "device": "auto|cpu|cuda", "grad_clip": "NORM",
     "norm": "none|batch|group|instance", "upsampling": "upconv|bilinear",
-    "select": "rand_error|pixel_error|loss", "threads": "N", "dropout": "P",
-    "precision": "auto|fp32|bf16", "preset": "auto|cpu|paper",
+    "select": "rand_error|pixel_error|loss|seg|iou", "threads": "N", "dropout": "P",
+    "precision": "auto|fp32|bf16", "preset": "auto|cpu|paper", "dims": "2|3",
+    "pooling": "Z,Y,X", "tile_z": "N", "spacing": "DZ,DY,DX", "unlabelled": "N",
+    "channels": "paper|doubled",
 }
 _TYPES = {"int": int, "float": float, "str": str}
 _GENERIC = {"int": "N", "float": "X", "str": "TEXT"}
@@ -112,13 +124,18 @@ def _default_text(name: str, defaults) -> str:
     if name == "preset":
         return "default 'auto'"
     cpu, paper = preset_values("cpu", bf16=True), preset_values("paper")
-    if name not in cpu and name not in paper:
-        return f"default {getattr(defaults, name)!r}"
+    cpu3, paper3 = preset_values("cpu", dims=3), preset_values("paper", dims=3)
     if name == "channels_last":
-        return "preset cpu: true where bf16 runs, else false; paper: false"
+        return "preset cpu: true where bf16 runs, else false; paper: false; 3D: false"
     pick = {k: (v[name][0] if name in v else getattr(defaults, name))
-            for k, v in (("cpu", cpu), ("paper", paper))}
-    return f"preset cpu: {pick['cpu']!r}, paper: {pick['paper']!r}"
+            for k, v in (("cpu", cpu), ("paper", paper), ("cpu3", cpu3), ("paper3", paper3))}
+    if name not in cpu and name not in paper:
+        text = f"default {getattr(defaults, name)!r}"
+    else:
+        text = f"preset cpu: {pick['cpu']!r}, paper: {pick['paper']!r}"
+    if name in cpu3 or name in paper3:
+        text += f"; --dims 3: cpu {pick['cpu3']!r}, paper {pick['paper3']!r}"
+    return text
 
 
 def resolve(args: argparse.Namespace):

@@ -53,10 +53,23 @@ def _volume_entries(folder: Path) -> list[Path]:
     return sorted(out, key=_natural_key)
 
 
-def _read_pair_3d(ip: Path, lp: Path, max_pixels: int | None, name: str | None = None
-                  ) -> Sample:
+def _instances(raw: np.ndarray, path: Path, unlabelled: int | None, convert=volume_to_instances
+               ) -> np.ndarray:
+    """``convert(raw, path)`` (the one label rule), with the voxels whose raw value is
+    ``unlabelled`` (if not None) read as background first and set to -1 (not annotated)
+    after."""
+    if unlabelled is None:
+        return convert(raw, path)
+    mask = np.asarray(raw) == unlabelled
+    inst = convert(np.where(mask, 0, raw), path)
+    inst[mask.reshape(inst.shape)] = -1
+    return inst
+
+
+def _read_pair_3d(ip: Path, lp: Path, max_pixels: int | None, name: str | None = None,
+                  unlabelled: int | None = None) -> Sample:
     img, spacing = read_volume(ip, max_pixels)
-    lab = volume_to_instances(read_volume(lp, max_pixels)[0], lp)
+    lab = _instances(read_volume(lp, max_pixels)[0], lp, unlabelled)
     if img.shape[-3:] != lab.shape:
         raise UnetlabError(f"{ip} and {lp}: volume size {img.shape[-3:]} differs from label "
                            f"size {lab.shape}")
@@ -64,12 +77,13 @@ def _read_pair_3d(ip: Path, lp: Path, max_pixels: int | None, name: str | None =
                   spacing=spacing)
 
 
-def _pair_folders_3d(img_dir: Path, lab_dir: Path, max_pixels) -> list[Sample]:
+def _pair_folders_3d(img_dir: Path, lab_dir: Path, max_pixels, unlabelled=None
+                     ) -> list[Sample]:
     images = _volume_entries(img_dir)
     if not images:
         raise UnetlabError(f"{img_dir}: folder contains no volumes (TIFF stacks or .zarr)")
     pairs = _match_by_stem(images, _volume_entries(lab_dir), img_dir, lab_dir)
-    return [_read_pair_3d(ip, lp, max_pixels) for ip, lp in pairs]
+    return [_read_pair_3d(ip, lp, max_pixels, unlabelled=unlabelled) for ip, lp in pairs]
 
 
 def _untrusted_background(inst: np.ndarray, margin: float, sampling) -> np.ndarray:
@@ -110,7 +124,7 @@ def _ctc_segs(seg_dir: Path) -> tuple[dict[str, Path], dict[str, list[tuple[int,
 
 
 def _ctc_frame(seq: Path, seg_dir: Path, t: str, full: Path | None, slices, ignore: bool,
-               margin: float, max_pixels) -> Sample:
+               margin: float, max_pixels, unlabelled: int | None = None) -> Sample:
     """One CTC time point: the image volume and its full or slice annotation."""
     img_path = _find_file(seq, f"t{t}")
     where = full if full is not None else slices[0][1]
@@ -122,7 +136,7 @@ def _ctc_frame(seq: Path, seg_dir: Path, t: str, full: Path | None, slices, igno
     tra_path = _find_file(seg_dir.parent / "TRA", f"man_track{t}") if ignore else None
     tra = read_volume(tra_path, max_pixels)[0] if tra_path is not None else None
     if full is not None:
-        inst = volume_to_instances(read_volume(full, max_pixels)[0], full)
+        inst = _instances(read_volume(full, max_pixels)[0], full, unlabelled)
         if inst.shape != shape:
             raise UnetlabError(f"{img_path} and {full}: volume size {shape} differs from label "
                                f"size {inst.shape}")
@@ -131,7 +145,7 @@ def _ctc_frame(seq: Path, seg_dir: Path, t: str, full: Path | None, slices, igno
     else:
         inst = np.full(shape, -1, np.int32)
         for z, p in slices:
-            sl = label_to_instances(read_label_image(p, max_pixels), p)
+            sl = _instances(read_label_image(p, max_pixels), p, unlabelled, label_to_instances)
             if not 0 <= z < shape[0] or sl.shape != shape[1:]:
                 raise UnetlabError(f"{p}: slice {z} of size {sl.shape} does not fit the volume "
                                    f"{img_path} of size {shape}")
@@ -142,13 +156,14 @@ def _ctc_frame(seq: Path, seg_dir: Path, t: str, full: Path | None, slices, igno
                   spacing=spacing)
 
 
-def _read_ctc_3d(sequences, ignore: bool, margin: float, max_pixels) -> list[Sample]:
+def _read_ctc_3d(sequences, ignore: bool, margin: float, max_pixels, unlabelled=None
+                 ) -> list[Sample]:
     out = []
     for seq, seg_dir in sequences:
         full, slices = _ctc_segs(seg_dir)
         for t in sorted(set(full) | set(slices), key=lambda s: (int(s), s)):
             out.append(_ctc_frame(seq, seg_dir, t, full.get(t), slices.get(t), ignore, margin,
-                                  max_pixels))
+                                  max_pixels, unlabelled))
     if not out:
         where = sequences[0][1] if sequences else "?"
         raise UnetlabError(f"{where}: no man_segTTT.tif or man_seg_TTT_ZZZ.tif annotations")
@@ -157,13 +172,16 @@ def _read_ctc_3d(sequences, ignore: bool, margin: float, max_pixels) -> list[Sam
 
 def read_dataset_3d(path: str | os.PathLike, labels: str | os.PathLike | None = None, *,
                     ctc_ignore_unannotated: bool = True, ctc_margin: float = 10.0,
-                    max_pixels: int | None = None) -> list[Sample]:
+                    max_pixels: int | None = None, unlabelled: int | None = None
+                    ) -> list[Sample]:
     """Read a 3D training set into normalised volume :class:`Sample` objects with their
     spacing (layouts and partial annotation: module docstring).
 
     path: a dataset folder (image/ + label/, or CTC), an image folder (with ``labels`` = the
     label folder) or one volume (with ``labels`` = its label volume). Returns the samples in
     natural file-name order; every problem raises :class:`UnetlabError` naming the file.
+    ``unlabelled``: a label value that marks voxels nobody annotated; they become -1 (ignored
+    by the loss, Çiçek et al.'s sparse annotation) and the rest follows the one label rule.
     """
     p = Path(path)
     if not p.exists():
@@ -174,17 +192,17 @@ def read_dataset_3d(path: str | os.PathLike, labels: str | os.PathLike | None = 
             raise UnetlabError(f"{lp}: no such file or folder")
         is_vol = [x.is_dir() and x.suffix.lower() != ".zarr" for x in (p, lp)]
         if all(is_vol):
-            return _pair_folders_3d(p, lp, max_pixels)
+            return _pair_folders_3d(p, lp, max_pixels, unlabelled)
         if any(is_vol):
             raise UnetlabError(f"{p} and {lp}: give two folders or two volumes")
-        return [_read_pair_3d(p, lp, max_pixels)]
+        return [_read_pair_3d(p, lp, max_pixels, unlabelled=unlabelled)]
     if p.is_file() or p.suffix.lower() == ".zarr":
         raise UnetlabError(f"{p}: is a single volume; give its labels too (labels=...)")
     img_dir, lab_dir = _find_subdir(p, _IMAGE_DIRS), _find_subdir(p, _LABEL_DIRS)
     if img_dir is not None and lab_dir is not None:
-        return _pair_folders_3d(img_dir, lab_dir, max_pixels)
+        return _pair_folders_3d(img_dir, lab_dir, max_pixels, unlabelled)
     seqs = _ctc_sequences(p)
     if seqs:
-        return _read_ctc_3d(seqs, ctc_ignore_unannotated, ctc_margin, max_pixels)
+        return _read_ctc_3d(seqs, ctc_ignore_unannotated, ctc_margin, max_pixels, unlabelled)
     raise UnetlabError(f"{p}: unknown 3D dataset layout; expected image/ + label/ folders of "
                        f"volumes or a Cell Tracking Challenge folder (01/, 01_GT/SEG/)")

@@ -13,6 +13,11 @@ tiles), :mod:`.trainer` (:class:`Trainer`: restore, step, validate, save, log),
 :mod:`.validation` (whole-image validation scores), :mod:`.run_folder` (the files of a run),
 :mod:`.signals` (Ctrl-C / SIGTERM). :func:`train` ties them together.
 
+**Volumes.** With ``dims=3`` (``unetlab train --dims 3``) the same loop trains the 3D U-Net of
+Çiçek et al. 2016 on (Z, Y, X) volumes: :func:`unetlab.data.read_dataset_3d` (or generated
+touching cells), (z, y, x) tiles, 3D augmentation and weight map with the voxel aspect, sparse
+annotation (unannotated voxels count nowhere), validation by foreground IoU and 3D SEG.
+
 **Exact resume.** The randomness of iteration ``i`` (which image, where the tile is, the
 augmentation, the dropout masks) is derived from ``SeedSequence([seed, rank, i])`` and from
 nothing else. The trainer restores model, optimiser, iteration and log from ``checkpoint.pt``;

@@ -17,7 +17,8 @@ from typing import Any
 from ..errors import UnetlabError
 
 __all__ = ["TrainConfig", "config_to_toml", "config_from_mapping", "load_config",
-           "resolve_config", "MAX_SEED", "check_seed", "TOML_HEADER"]
+           "resolve_config", "MAX_SEED", "check_seed", "TOML_HEADER", "SELECT",
+           "HIGHER_IS_BETTER", "parse_pooling", "parse_spacing"]
 
 #: largest seed accepted (seeds are ≥ 0; derived seeds such as ``seed + 1000`` stay < 2**32)
 MAX_SEED = 2**31 - 1
@@ -60,9 +61,21 @@ class TrainConfig:
                     "log.csv, curves.png)")
     synthetic_images: int = _opt(8, "number of generated images when data is 'synthetic' "
                                  "(validation 'synthetic' uses 2 others)")
-    synthetic_size: int = _opt(256, "side of the generated images (px); at least the "
-                               "network's smallest valid input tile")
+    synthetic_size: int = _opt(256, "side of the generated images (px) or volumes (voxels, "
+                               "every axis; the 3D presets choose 128); at least the network's "
+                               "smallest valid input tile")
     synthetic_seed: int = _opt(0, "seed of the generated images (validation uses seed + 1)")
+    dims: int = _opt(2, "spatial dimensions: 2 (images) or 3 (volumes: TIFF stacks or zarr, "
+                     "image/ + label/ folders or a CTC 3D folder; the 3D U-Net of Çiçek et al. "
+                     "2016)")
+    spacing: str = _opt("", "voxel size 'dz,dy,dx' of the volumes (dims 3; any unit, only the "
+                        "ratios count: sigma, the elastic deformation and the shifts are in "
+                        "x-voxels, z scaled by dz/dx); '' = as each file declares it (1,1,1 "
+                        "when it does not and for generated volumes)")
+    unlabelled: int = _opt(-1, "label value that marks voxels nobody annotated (dims 3, e.g. "
+                           "65535): they count in no loss, weight or score (sparse annotation, "
+                           "Çiçek et al. 2016); -1 = none (CTC slice annotations are sparse "
+                           "already)")
     preset: str = _opt("paper", "starting values of the options not given: 'auto' (cpu on a "
                        "CPU, paper on a GPU), 'cpu' (learns within an hour on a CPU) or "
                        "'paper' (Sec. 3 exactly); TrainConfig() is 'paper'")
@@ -73,9 +86,18 @@ class TrainConfig:
     norm: str = _opt("none", "normalisation after each 3×3 conv: none, batch, group, instance")
     dropout: float = _opt(0.5, "dropout probability at the end of the contracting path")
     upsampling: str = _opt("upconv", "'upconv' (2×2 up-convolution, the paper) or 'bilinear'")
+    channels: str = _opt("paper", "'paper' (2015: both convolutions of level i give width·2^i "
+                         "channels) or 'doubled' (Çiçek et al. 2016: the second one doubles "
+                         "them, before each pooling)")
+    pooling: str = _opt("", "max-pooling factors of volumes (dims 3), 1 or 2 per axis 'z,y,x' "
+                        "(e.g. 1,2,2: no pooling along a coarse z), or one such triple per "
+                        "level joined by ';' (e.g. 1,2,2;2,2,2;2,2,2); '' = 2 on every axis")
     # ---- sampling
     tile: int = _opt(0, "input tile side (px); 0 = the valid size nearest ≥ 572 (the paper's "
-                     "572 → 388 for depth 4)")
+                     "572 → 388 for depth 4); volumes: the in-plane side, 0 = the valid size "
+                     "nearest ≥ 132 (Çiçek et al. 2016)")
+    tile_z: int = _opt(0, "z side of the input tile of volumes (dims 3); 0 = the smallest "
+                       "valid size ≥ the in-plane tile")
     batch: int = _opt(1, "tiles per step (the paper: 1 large tile)")
     iterations: int = _opt(5000, "number of optimiser steps (set from --time when that is "
                            "given)")
@@ -101,8 +123,10 @@ class TrainConfig:
     # ---- validation, logging, checkpoints
     val_every: int = _opt(500, "validate every N iterations (and at the end)")
     val_tta: bool = _opt(False, "validate with 8-fold test-time augmentation")
-    select: str = _opt("rand_error", "validation score for best.pt: rand_error, pixel_error "
-                       "or loss (lower is better)")
+    select: str = _opt("rand_error", "validation score for best.pt: images: rand_error, "
+                       "pixel_error or loss (lower is better); volumes (dims 3): seg (Cell "
+                       "Tracking Challenge SEG), iou (foreground voxel IoU; both higher is "
+                       "better) or loss — the Rand error is 2D-only")
     checkpoint_every: int = _opt(100, "write checkpoint.pt and model.pt every N iterations")
     log_every: int = _opt(10, "write a log.csv row (mean loss) every N iterations")
     # ---- execution
@@ -125,6 +149,7 @@ class TrainConfig:
             _check_type(f.name, getattr(self, f.name), f.type, "option")
         self._check_choices()
         self._check_ranges()
+        self._check_dims()
         return self
 
     def _bad(self, name: str, what: str):
@@ -134,8 +159,7 @@ class TrainConfig:
     def _check_choices(self) -> None:
         choices = {"padding": ("valid", "same"), "norm": ("none", "batch", "group", "instance"),
                    "upsampling": ("upconv", "bilinear"), "optimizer": ("sgd", "adam"),
-                   "schedule": ("poly", "cosine", "constant"),
-                   "select": ("rand_error", "pixel_error", "loss"),
+                   "schedule": ("poly", "cosine", "constant"), "channels": ("paper", "doubled"),
                    "precision": ("auto", "fp32", "bf16"), "preset": ("auto", "cpu", "paper")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -153,6 +177,31 @@ class TrainConfig:
 
             parse_duration(self.time)
 
+    def _check_dims(self) -> None:
+        """``dims`` and the options that depend on it (:data:`SELECT`, the 3D-only ones)."""
+        if self.dims not in (2, 3):
+            self._bad("dims", "must be 2 (images) or 3 (volumes)")
+        if self.select not in SELECT[self.dims]:
+            what = "images" if self.dims == 2 else "volumes (--dims 3)"
+            self._bad("select", f"for {what} must be one of {', '.join(SELECT[self.dims])}"
+                      + ("" if self.dims == 2 else " (the Rand error is 2D-only)"))
+        if self.dims == 2:
+            for name, unset in (("pooling", ""), ("tile_z", 0), ("spacing", ""),
+                                ("unlabelled", -1)):
+                if getattr(self, name) != unset:
+                    self._bad(name, "is an option of volumes; add --dims 3")
+            return
+        try:
+            parse_pooling(self.pooling, self.depth)
+        except UnetlabError as e:
+            self._bad("pooling", str(e))
+        try:
+            parse_spacing(self.spacing)
+        except UnetlabError as e:
+            self._bad("spacing", str(e))
+        if self.unlabelled < -1:
+            self._bad("unlabelled", "must be a label value ≥ 0, or -1 for none")
+
     def _check_ranges(self) -> None:
         for name in ("width", "depth", "batch", "iterations", "val_every", "checkpoint_every",
                      "log_every", "synthetic_images", "synthetic_size"):
@@ -162,7 +211,7 @@ class TrainConfig:
             self._bad("depth", "must be ≤ 8")
         if self.threads > 1024:
             self._bad("threads", "must be ≤ 1024 (0 = choose by measurement)")
-        for name in ("warmup", "prefetch", "tile", "threads"):
+        for name in ("warmup", "prefetch", "tile", "tile_z", "threads"):
             if getattr(self, name) < 0:
                 self._bad(name, "must be ≥ 0")
         for name in ("seed", "synthetic_seed"):
@@ -195,6 +244,47 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+#: the validation scores ``select`` may name, per ``dims``; :data:`HIGHER_IS_BETTER` says which
+#: of them grow with quality (the others are errors or losses)
+SELECT = {2: ("rand_error", "pixel_error", "loss"), 3: ("seg", "iou", "loss")}
+HIGHER_IS_BETTER = frozenset({"seg", "iou"})
+
+
+def parse_pooling(text: str, depth: int) -> int | tuple:
+    """``pooling`` as :class:`unetlab.UNet` takes it: ``''`` → 2; ``'z,y,x'`` → one factor per
+    axis (every level); ``'z,y,x;z,y,x;…'`` → one triple per level (``depth`` of them).
+    Factors are 1 or 2; raises :class:`UnetlabError` saying what is wrong."""
+    text = str(text).strip().replace(" ", "")
+    if not text:
+        return 2
+    try:
+        levels = [tuple(int(v) for v in part.split(",")) for part in text.split(";")]
+    except ValueError:
+        raise UnetlabError("give factors 'z,y,x' such as 1,2,2, or one triple per level "
+                           "joined by ';'") from None
+    if any(len(v) != 3 or any(f not in (1, 2) for f in v) for v in levels):
+        raise UnetlabError("each level needs three factors 'z,y,x', each 1 or 2")
+    if len(levels) == 1:
+        return levels[0]
+    if len(levels) != depth:
+        raise UnetlabError(f"{len(levels)} levels given, the network has depth {depth}")
+    return tuple(levels)
+
+
+def parse_spacing(text: str) -> tuple[float, float, float] | None:
+    """``spacing`` 'dz,dy,dx' as three finite numbers > 0, or None for ''."""
+    text = str(text).strip()
+    if not text:
+        return None
+    try:
+        values = tuple(float(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise UnetlabError("give the voxel size as three numbers > 0 'dz,dy,dx', e.g. 2,0.5,0.5")
+    return values  # type: ignore[return-value]
 
 
 _TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
@@ -290,7 +380,8 @@ def resolve_config(flags: dict[str, Any], config_file: str | None = None,
                    resume: bool = False) -> TrainConfig:
     """The configuration of a command line: preset < ``config_file`` < ``flags`` (option name
     → value, None = not given); the preset is ``preset`` of the flags or the file, else 'auto'
-    (:mod:`unetlab.training.presets`: 'cpu' on a CPU, 'paper' on a GPU). With ``resume`` the run's own stored configuration
+    (:mod:`unetlab.training.presets`: 'cpu' on a CPU, 'paper' on a GPU; their 3D forms when
+    ``dims`` is 3). With ``resume`` the run's own stored configuration
     (``OUT/config.toml``, or its checkpoint when the run stopped before writing it) replaces
     the defaults; the trainer then checks that only the options that may change did."""
     flags = {k: v for k, v in flags.items() if v is not None}
@@ -306,7 +397,8 @@ def resolve_config(flags: dict[str, Any], config_file: str | None = None,
         given.update(flags)
         pick = {k: given.get(k, "auto") for k in ("preset", "device", "precision")}
         cfg = config_from_mapping({k: pick[k] for k in ("device", "precision")}).check()
-        cfg = apply_preset(TrainConfig(), pick["preset"], cfg.device, cfg.precision)[0]
+        dims = config_from_mapping({"dims": given.get("dims", 2)}).dims   # type checked
+        cfg = apply_preset(TrainConfig(), pick["preset"], cfg.device, cfg.precision, dims)[0]
         if "iterations" in given and "time" not in given:
             cfg.time = ""           # an explicit number of steps replaces the preset's budget
     if config_file:

@@ -24,28 +24,31 @@ from ..atomic import atomic_torch_save, atomic_write_bytes, atomic_write_text
 from ..errors import UnetlabError
 from .config import TOML_HEADER, TrainConfig
 
-__all__ = ["CHECKPOINT_FORMAT", "RUN_FILES", "LOG_FIELDS", "write_log", "write_curves",
-           "write_checkpoint", "load_checkpoint", "is_run_folder", "check_out_folder",
-           "describe_models"]
+__all__ = ["CHECKPOINT_FORMAT", "RUN_FILES", "LOG_FIELDS", "LOG_FIELDS_3D", "write_log",
+           "write_curves", "write_checkpoint", "load_checkpoint", "is_run_folder",
+           "check_out_folder", "describe_models"]
 
 CHECKPOINT_FORMAT = "unetlab-checkpoint"
 RUN_FILES = ("config.toml", "checkpoint.pt", "model.pt", "best.pt", "log.csv", "curves.png")
 LOG_FIELDS = ("iteration", "loss", "lr", "seconds", "val_loss", "val_pixel_error",
               "val_rand_error")
+#: the columns of a volume run (validation by foreground IoU and SEG, no Rand error)
+LOG_FIELDS_3D = ("iteration", "loss", "lr", "seconds", "val_loss", "val_iou", "val_seg")
 
 
-def write_log(run: Path, rows: list[dict]) -> None:
-    """``run/log.csv``: one row per logged iteration, blank where a value is missing."""
+def write_log(run: Path, rows: list[dict], fields: tuple[str, ...] = LOG_FIELDS) -> None:
+    """``run/log.csv``: one row per logged iteration (columns ``fields``), blank where a value
+    is missing."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=LOG_FIELDS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
     for r in rows:
         w.writerow({k: ("" if r.get(k) is None else (f"{r[k]:.6g}" if isinstance(r[k], float)
-                                                      else r[k])) for k in LOG_FIELDS})
+                                                      else r[k])) for k in fields})
     atomic_write_text(run / "log.csv", buf.getvalue())
 
 
-def write_curves(run: Path, rows: list[dict]) -> bool:
+def write_curves(run: Path, rows: list[dict], fields: tuple[str, ...] = LOG_FIELDS) -> bool:
     """``run/curves.png`` drawn by :func:`unetlab.report.png_curves`; False (nothing written)
     while the log has no loss yet. A matplotlib figure holds reference cycles that only a full
     garbage collection frees; without one, each drawing kept ~2 MB for the rest of the run."""
@@ -54,7 +57,7 @@ def write_curves(run: Path, rows: list[dict]) -> bool:
     from ..report import png_curves
 
     log = {k: np.array([np.nan if r.get(k) is None else float(r[k]) for r in rows])
-           for k in LOG_FIELDS}
+           for k in fields}
     try:
         png = png_curves(log)
     except ValueError:            # no loss logged yet
@@ -96,11 +99,12 @@ def rng_state() -> dict[str, Any]:
     return st
 
 
-def write_checkpoint(run: Path, checkpoint: dict, rows: list[dict]) -> None:
+def write_checkpoint(run: Path, checkpoint: dict, rows: list[dict],
+                     fields: tuple[str, ...] = LOG_FIELDS) -> None:
     """``checkpoint.pt``, then ``model.pt`` (its model) and ``log.csv``, each atomically."""
     atomic_torch_save(checkpoint, run / "checkpoint.pt")
     atomic_torch_save(checkpoint["model"], run / "model.pt")
-    write_log(run, rows)
+    write_log(run, rows, fields)
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -20,10 +20,10 @@ from typing import Callable
 import torch
 
 from .build import lr_at, make_optimizer, make_sampler
-from .config import TrainConfig, config_to_toml
+from .config import HIGHER_IS_BETTER, TrainConfig, config_to_toml
 from .prefetch import Prefetcher, sample_batch, torch_seed
-from .run_folder import (CHECKPOINT_FORMAT, model_dict, rng_state, to_cpu, write_checkpoint,
-                         write_curves, write_log)
+from .run_folder import (CHECKPOINT_FORMAT, LOG_FIELDS, LOG_FIELDS_3D, model_dict, rng_state,
+                         to_cpu, write_checkpoint, write_curves, write_log)
 from .signals import NonFiniteLossError, StopRequest, TrainingInterrupted
 from .validation import validation_scores, validation_targets
 
@@ -71,7 +71,10 @@ class Trainer:
         self.val_samples = val_samples if rank == 0 else []
         self.val_targets = validation_targets(self.val_samples, config.w0, config.sigma,
                                               config.balance)
-        self.fmt = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.fmt = torch.contiguous_format
+        if config.channels_last:
+            self.fmt = torch.channels_last_3d if config.dims == 3 else torch.channels_last
+        self.log_fields = LOG_FIELDS_3D if config.dims == 3 else LOG_FIELDS
         net.to(device=device, memory_format=self.fmt)
         self.opt = make_optimizer(config, net.parameters())
         self.model = net
@@ -168,27 +171,31 @@ class Trainer:
                                          seconds=self.seconds())
         self.loss_sum, self.loss_n = 0.0, 0
         if self.rank == 0:
-            write_log(self.run_dir, self.rows)
+            write_log(self.run_dir, self.rows, self.log_fields)
 
     def validate(self) -> None:
         """Validation scores at the current iteration into the log; ``best.pt`` when the
-        selected score (lower is better) improved. Rank 0 only."""
+        selected score improved (lower is better, except for SEG and IoU). Rank 0 only."""
         if not self.val_samples:
             return
         it = self.iteration
         m = validation_scores(self.net, self.val_samples, self.val_targets, self.device,
                               self.config.val_tta, self.precision)
-        self._row(it).update(val_loss=m["loss"], val_pixel_error=m["pixel_error"],
-                             val_rand_error=m["rand_error"], seconds=self.seconds())
-        score = m[self.config.select]
-        if self.best["score"] is None or score < self.best["score"]:
+        self._row(it).update({f"val_{k}": v for k, v in m.items()}, seconds=self.seconds())
+        score, best = m[self.config.select], self.best["score"]
+        sign = -1.0 if self.config.select in HIGHER_IS_BETTER else 1.0
+        if math.isfinite(score) and (best is None or sign * score < sign * best):
             from ..atomic import atomic_torch_save
 
             self.best.update(score=float(score), iteration=it)
             meta = self._meta(it, validation={k: float(v) for k, v in m.items()})
             atomic_torch_save(model_dict(self.net, meta), self.run_dir / "best.pt")
-        self.say(f"iteration {it}: validation loss {m['loss']:.4f}, pixel error "
-                 f"{m['pixel_error']:.4f}, Rand error {m['rand_error']:.4f}")
+        if self.config.dims == 3:
+            self.say(f"iteration {it}: validation loss {m['loss']:.4f}, foreground IoU "
+                     f"{m['iou']:.4f}, SEG {m['seg']:.4f}")
+        else:
+            self.say(f"iteration {it}: validation loss {m['loss']:.4f}, pixel error "
+                     f"{m['pixel_error']:.4f}, Rand error {m['rand_error']:.4f}")
 
     def save(self) -> None:
         """checkpoint.pt, model.pt and log.csv at the current iteration (rank 0), from finite
@@ -209,7 +216,7 @@ class Trainer:
               "accumulator": {"sum": self.loss_sum, "n": self.loss_n},
               "seconds": self.seconds(), "seed": self.config.seed, "precision": self.precision,
               "rank": self.rank, "world_size": self.world_size}
-        write_checkpoint(self.run_dir, ck, self.rows)
+        write_checkpoint(self.run_dir, ck, self.rows, self.log_fields)
         self.saved_iteration = it
 
     def say(self, msg: str) -> None:
@@ -232,7 +239,7 @@ class Trainer:
         if it % cfg.checkpoint_every == 0 or end or at_val:
             self.save()
             if self.rank == 0 and (it % cfg.val_every == 0 or end):
-                write_curves(self.run_dir, self.rows)
+                write_curves(self.run_dir, self.rows, self.log_fields)
             at_val = True
         if self.world_size > 1 and at_val:
             from ..ddp import barrier
@@ -265,7 +272,7 @@ class Trainer:
         if self._consistent:
             self.save()
             if self.rank == 0:
-                write_curves(self.run_dir, self.rows)
+                write_curves(self.run_dir, self.rows, self.log_fields)
             saved = True
         if synced:
             from ..ddp import barrier
@@ -301,5 +308,5 @@ class Trainer:
                 self.bar.close()
                 self.bar = None
         if self.rank == 0 and self.start >= self.config.iterations:   # nothing ran
-            write_curves(self.run_dir, self.rows)
+            write_curves(self.run_dir, self.rows, self.log_fields)
         return self.run_dir
