@@ -26,10 +26,11 @@ some axes less, e.g. ``pooling=(1, 2, 2)``, giving each axis its own lattice and
   reads frame rows ``[y, y + tile_in)``.
 * **lattice**: per axis the product of its pooling factors (2^depth for 2×2 pooling, 1 along
   an axis that is never pooled). Max pooling makes the network equivariant only to shifts by
-  multiples of it (``2^depth``). Every tile therefore starts at a multiple of ``2^depth`` in image coordinates
-  (equivalently in the padded frame, as ``m`` ≡ 0 or is a fixed offset shared by all tiles), so
-  the pooling grid of every tile coincides with the pooling grid of one pass over the whole
-  padded frame — that is what makes tiled prediction *exactly* seamless. The paper's 388-pixel
+  multiples of it (``2^depth``). Every tile therefore starts at a multiple of the lattice in
+  image coordinates (equivalently in the padded frame, as ``m`` ≡ 0 or is a fixed offset
+  shared by all tiles), so the pooling grid of every tile coincides with the pooling grid of
+  one pass over the whole padded frame — that is what makes tiled prediction *exactly*
+  seamless. The paper's 388-pixel
   output tiles would step by 388 ≢ 0 (mod 16); here the step is ``floor(out / 2^depth)·2^depth``
   (384 for the paper's tile) and neighbouring output tiles overlap by the remainder (4 px).
 * **ownership**: along each axis, tile ``j`` owns output rows ``[start_j, start_{j+1})`` and the
