@@ -172,3 +172,65 @@ def test_split_merge_map_is_n_dimensional():
     split[2:][split[2:] == 1] = 7                    # object 1 split along z
     cat, counts = metrics.split_merge_map(gt, split)
     assert counts["splits"] == 1 and (cat[gt == 1] == metrics.CATEGORY_SPLIT).all()
+
+
+# ----------------------------------------------------------------------------- unetlab evaluate
+def test_evaluate_cli_scores_label_volumes_in_3d(tmp_path, capsys):
+    import json
+
+    import tifffile
+
+    from unetlab.cli import main
+    from unetlab.evaluation import evaluate
+
+    gt = _balls((12, 20, 30), [(6, 10, 8), (6, 10, 17)], [5, 5])    # two touching cells
+    pred = gt.copy()
+    pred[:4] = 0                                             # the tops are missed
+    tifffile.imwrite(tmp_path / "vol_gt.tif", gt)
+    tifffile.imwrite(tmp_path / "vol_labels.tif", pred)
+    out = tmp_path / "ev"
+    assert main(["evaluate", str(tmp_path / "vol_labels.tif"), str(tmp_path / "vol_gt.tif"),
+                 "--metrics", "cells", "--volume", "--out", str(out)]) == 0
+    assert "1 volume(s)" in capsys.readouterr().out
+    r = json.loads((out / "metrics.json").read_text())
+    assert r["volume"] is True and r["n_true"] == 2
+    assert r["seg"] == pytest.approx(metrics.seg(gt, pred, volume=True))
+    assert r["seg"] != pytest.approx(metrics.seg(gt, pred))  # not frame by frame
+    inst = evaluate(tmp_path / "vol_labels.tif", tmp_path / "vol_gt.tif", "instances",
+                    volume=True)
+    want = metrics.matching(gt, pred, volume=True)
+    assert [row["tp"] for row in inst["per_threshold"]] == [row["tp"] for row in want]
+    # a binary mask volume: its 6-connected components are the objects (here: one, touching)
+    tifffile.imwrite(tmp_path / "mask.tif", (gt > 0).astype(np.uint8) * 255)
+    r = evaluate(tmp_path / "mask.tif", tmp_path / "vol_gt.tif", "cells", volume=True)
+    assert r["per_image"][0]["n_pred"] == 1
+    # class probabilities (K, Z, Y, X) of a 3D model: --channel picks P(cell)
+    prob = np.stack([1 - (pred > 0), (pred > 0) * 0.9 + 0.05]).astype(np.float32)
+    tifffile.imwrite(tmp_path / "p4.tif", prob)
+    r = evaluate(tmp_path / "p4.tif", tmp_path / "vol_gt.tif", "cells", volume=True, channel=1)
+    assert r["seg"] == pytest.approx(metrics.seg(gt, (pred > 0).astype(int), volume=True))
+    with pytest.raises(UnetlabError, match="--channel"):
+        evaluate(tmp_path / "p4.tif", tmp_path / "vol_gt.tif", "cells", volume=True)
+    with pytest.raises(UnetlabError, match="2D"):
+        evaluate(tmp_path / "vol_labels.tif", tmp_path / "vol_gt.tif", "isbi", volume=True)
+
+
+def test_evaluate_volume_folders(tmp_path):
+    import tifffile
+
+    from unetlab.evaluation import evaluate
+
+    (tmp_path / "p").mkdir()
+    (tmp_path / "g").mkdir()
+    rng = np.random.default_rng(3)
+    seg = []
+    for name in ("a", "b"):
+        gt = _random_labels(rng, (6, 9, 9), 3)
+        pred = np.where(rng.random(gt.shape) < 0.1, 0, gt)
+        tifffile.imwrite(tmp_path / "g" / f"{name}.tif", gt.astype(np.uint16))
+        tifffile.imwrite(tmp_path / "p" / f"{name}_labels.tif", pred.astype(np.uint16))
+        seg.append((metrics.seg(gt, pred, volume=True), len(np.unique(gt[gt > 0]))))
+    r = evaluate(tmp_path / "p", tmp_path / "g", "cells", volume=True)
+    assert [row["image"] for row in r["per_image"]] == ["a", "b"]
+    pooled = sum(s * n for s, n in seg) / sum(n for _, n in seg)
+    assert r["seg"] == pytest.approx(pooled)

@@ -361,3 +361,49 @@ def test_predict_to_zarr_volume_resumes(tmp_path):
         res = predict_to_zarr(net, vol, out, chunk=12, normalize=False)
     assert sorted(res["computed"]) == [(0, 1, 1), (1, 2, 0)] and res["skipped"] == 10
     assert np.abs(np.asarray(zarr.open_group(str(out))["probabilities"][:]) - ref).max() < TOL
+
+
+# ----------------------------------------------------------------------------- CLI
+def _cells_volume(shape=(10, 30, 34), seed=0):
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.mgrid[:shape[0], :shape[1], :shape[2]]
+    vol = 30 + rng.normal(0, 5, shape)
+    for c in [(4, 8, 9), (6, 20, 22)]:
+        vol[(zz - c[0]) ** 2 * 4 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 < 40] += 150
+    return vol.clip(0, 255).astype(np.uint8)
+
+
+def test_cli_predicts_a_stack_as_one_volume_with_a_3d_model(tmp_path, capsys, monkeypatch):
+    tifffile = pytest.importorskip("tifffile")
+    from unetlab.checkpoint import load_model, save_model
+    from unetlab.cli import main
+
+    monkeypatch.setenv("UNETLAB_NO_NATIVE_BF16", "1")           # --precision auto = fp32
+    torch.manual_seed(0)
+    save_model(_net(depth=1, pooling=(1, 2, 2)), tmp_path / "m3d.pt")
+    vol = _cells_volume()
+    tifffile.imwrite(tmp_path / "vol.tif", vol, photometric="minisblack")
+    out = tmp_path / "out"
+    rc = main(["predict", str(tmp_path / "m3d.pt"), str(tmp_path / "vol.tif"), "--out", str(out),
+               "--instances", "--tta", "--quiet", "--threads", "1"])
+    assert rc == 0, capsys.readouterr().err
+    names = set(p.name for p in out.iterdir())
+    assert {"vol_prob.tif", "vol_labels.tif", "vol_overlay_z0000.png"} <= names
+    assert not [n for n in names if n.startswith(".") or ".tmp" in n]
+    net = load_model(tmp_path / "m3d.pt")
+    prob = tifffile.imread(out / "vol_prob.tif")
+    assert prob.shape == vol.shape and prob.dtype == np.float32       # (Z, Y, X) P(class 1)
+    ref = predict_tiled(net, vol, tta=True)                           # 16 transforms, 3D
+    assert np.abs(prob - ref[1]).max() < 1e-5
+    labels = tifffile.imread(out / "vol_labels.tif")
+    assert labels.shape == vol.shape and labels.dtype == np.int32
+    from unetlab.postprocess import to_instances
+    assert np.array_equal(labels, to_instances(ref[1], spatial_dims=3))   # 3D instances
+    # zarr output: all classes, (K, Z, Y, X)
+    zarr = pytest.importorskip("zarr")
+    assert main(["predict", str(tmp_path / "m3d.pt"), str(tmp_path / "vol.tif"), "--out",
+                 str(out), "--format", "zarr", "--quiet", "--no-overlay", "--tile", "20",
+                 "--threads", "1"]) == 0
+    z = zarr.open_array(str(out / "vol_prob.zarr"), mode="r")
+    assert z.shape == (2,) + vol.shape and z.attrs["unetlab"]["layout"] == "(K, Z, Y, X)"
+    assert np.abs(np.asarray(z[:]) - predict_tiled(net, vol, tile_size=20)).max() < 1e-5
