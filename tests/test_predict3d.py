@@ -310,6 +310,10 @@ def test_bad_inputs():
         predict_tiled(_net(depth=1, in_channels=2), _vol((3, 5, 6, 7)), normalize=False)
     with pytest.raises(UnetlabError, match=r"\(d, h, w\)"):
         predict_tiled(net, _vol((5, 6, 7)), tile_size=(20, 20), normalize=False)
+    with pytest.raises(UnetlabError, match="positive"):
+        predict_tiled(net, _vol((5, 6, 7)), tile_size=(0, 20, 20), normalize=False)
+    with pytest.raises(UnetlabError, match="empty"):
+        predict_tiled(net, np.zeros((0, 6, 7), np.float32), normalize=False)
     with pytest.raises(UnetlabError, match="out has shape"):
         predict_tiled(net, _vol((5, 6, 7)), out=np.zeros((2, 5, 6, 8), np.float32),
                       normalize=False)
@@ -333,6 +337,29 @@ def test_dask_volume_equals_predict_tiled(kw, tta, chunk, shape):
         assert lazy.shape == (2,) + shape and min(lazy.numblocks[1:]) > 1
         got = lazy.compute()
     assert np.abs(got - ref).max() < TOL
+
+
+def test_predict_to_zarr_reads_a_tiff_volume_from_a_model_file(tmp_path):
+    dask = pytest.importorskip("dask")
+    tifffile = pytest.importorskip("tifffile")
+    zarr = pytest.importorskip("zarr")
+    from unetlab.checkpoint import save_model
+    from unetlab.dask_predict import predict_to_zarr
+
+    net = _net(depth=1, in_channels=2)
+    save_model(net, tmp_path / "m.pt")
+    vol = (_vol((9, 2, 16, 15), 10) * 50 + 100).astype(np.float32)       # ImageJ order ZCYX
+    tifffile.imwrite(tmp_path / "v.tif", vol, imagej=True, metadata={"axes": "ZCYX"})
+    with dask.config.set(scheduler="synchronous"):
+        predict_to_zarr(tmp_path / "m.pt", tmp_path / "v.tif", tmp_path / "o.zarr", chunk=10)
+    got = np.asarray(zarr.open_group(str(tmp_path / "o.zarr"))["probabilities"][:])
+    czyx = np.ascontiguousarray(vol.transpose(1, 0, 2, 3))
+    ref = predict_tiled(net, czyx)
+    assert got.shape == (2, 9, 16, 15) and np.abs(got - ref).max() < TOL
+    with pytest.raises(UnetlabError, match="chunk"), dask.config.set(scheduler="synchronous"):
+        predict_to_zarr(net, czyx, tmp_path / "x.zarr", chunk=0)
+    with pytest.raises(UnetlabError, match=r"\(2, Z, Y, X\)"):
+        predict_to_zarr(net, vol[:, 0], tmp_path / "y.zarr")
 
 
 def test_predict_to_zarr_volume_resumes(tmp_path):
