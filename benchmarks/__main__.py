@@ -1,6 +1,7 @@
 """Run the benchmarks: ``python -m benchmarks [NAME ...]`` (``make bench BENCH="model"``).
 
-Each ``benchmarks/bench_<name>.py`` defines ``main()``; it prints its tables.
+Each ``benchmarks/bench_<name>.py`` defines ``main()``; it prints its tables. A module with
+``DEFAULT = False`` (e.g. ``compile``: minutes of compiling) runs only when named.
 """
 from __future__ import annotations
 
@@ -11,11 +12,17 @@ import time
 from pathlib import Path
 
 
+def _default(name: str) -> bool:
+    """Whether a bare ``python -m benchmarks`` runs ``bench_<name>`` (its ``DEFAULT``, True
+    when absent)."""
+    return getattr(importlib.import_module(f"benchmarks.bench_{name}"), "DEFAULT", True)
+
+
 def main(argv: list[str]) -> int:
     here = Path(__file__).parent
     names = sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules([str(here)])
                    if m.name.startswith("bench_"))
-    wanted = argv or names
+    wanted = argv or [n for n in names if _default(n)]
     unknown = [n for n in wanted if n not in names]
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)}; available: {', '.join(names)}")

@@ -44,6 +44,22 @@ def measure(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> list[
     return out
 
 
+def measure_interleaved(cases: dict[str, Callable[[], object]], repeat: int = 5,
+                        warmup: int = 1) -> dict[str, list[float]]:
+    """Wall-clock seconds of ``repeat`` rounds, each calling every case once in turn (after
+    ``warmup`` unmeasured rounds), so that load drifts on a shared machine hit all cases alike."""
+    for _ in range(warmup):
+        for fn in cases.values():
+            fn()
+    out: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(repeat):
+        for k, fn in cases.items():
+            t0 = time.perf_counter()
+            fn()
+            out[k].append(time.perf_counter() - t0)
+    return out
+
+
 @dataclass
 class Table:
     title: str

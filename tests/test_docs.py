@@ -66,8 +66,8 @@ SKIP = [
     ("", "nodeK$", "needs a Dask cluster"),
     ("", "torchrun --nproc_per_node 4", "needs 4 GPUs"),
     ("", "torchrun --nnodes 2", "needs 2 nodes"),
-    ("docs/isbi2012.md", "unetlab train isbi/train --val isbi/val --out runs/isbi --iterations "
-                         "20000 --device cuda", "needs a GPU"),
+    ("docs/isbi2012.md", "unetlab train isbi/train --val isbi/val --out runs/isbi-paper "
+                         "--preset paper", "needs a GPU"),
     ("docs/distributed.md", "from dask_jobqueue", "needs SLURM and dask-jobqueue"),
     *([] if importlib.util.find_spec("onnxruntime") else
       [("export --help", "unetlab export runs/demo/model.pt --format onnx",

@@ -55,9 +55,33 @@ def test_thread_count_honours_the_request_and_measures_otherwise():
     assert hardware.thread_count(3)[0] == 3
     with pytest.raises(UnetlabError, match="--threads"):
         hardware.thread_count(-1)
-    calls = []
-    n, why = hardware.thread_count(None, step=lambda: calls.append(torch.get_num_threads()))
     before = torch.get_num_threads()
-    assert n in (1, before) and why
-    assert 1 in calls                                   # the one-thread setting was timed
-    assert torch.get_num_threads() == before            # and the setting was restored
+    torch.set_num_threads(2)                 # something to choose from, also on one core
+    try:
+        calls = []
+        n, why = hardware.thread_count(None, step=lambda: calls.append(torch.get_num_threads()))
+        assert n in (1, 2) and why
+        assert 1 in calls and 2 in calls                # both settings were timed
+        assert torch.get_num_threads() == 2             # and the setting was restored
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_thread_count_does_not_measure_when_it_cannot_pay():
+    """Fewer steps than measuring costs, or one thread only: torch's default, no step run."""
+    before = torch.get_num_threads()
+    calls = []
+    try:
+        torch.set_num_threads(2)
+        for steps in range(hardware.MIN_STEPS_TO_MEASURE):
+            n, why = hardware.thread_count(None, lambda: calls.append(1), steps=steps)
+            assert n == 2 and "not measured" in why
+        torch.set_num_threads(1)
+        n, why = hardware.thread_count(None, lambda: calls.append(1), steps=100)
+        assert n == 1 and "one core" in why
+        assert calls == []
+        torch.set_num_threads(2)
+        hardware.thread_count(None, lambda: calls.append(1), steps=hardware.MIN_STEPS_TO_MEASURE)
+        assert calls                                    # enough steps: measured
+    finally:
+        torch.set_num_threads(before)

@@ -13,6 +13,7 @@ import torch
 from unetlab.errors import UnetlabError
 from unetlab.model import UNet
 from unetlab.predict import predict_tiled
+from unetlab.sources import VolumeView
 from unetlab.tiling import (TileGeometry, apply_transform, choose_tile_size, estimate_memory,
                             invert_transform, plan_tiles, read_padded, transform_rect_to_image,
                             transform_shape, tta_transforms)
@@ -292,6 +293,14 @@ def test_normalisation_over_the_whole_volume():
     assert np.abs(got - predict_tiled(net, manual, tile_size=16, normalize=False)).max() < 1e-4
     stats = predict_tiled(net, vol, tile_size=16, normalize=np.array([[lo, hi]]))
     assert np.abs(stats - got).max() < 1e-5
+    # the same statistics as training's normalisation of volumes, also when subsampled
+    from unetlab.data import normalize_volume
+    from unetlab.sources import volume_source, volume_stats
+
+    big = np.random.default_rng(1).gamma(2.0, 30.0, (40, 330, 330)).astype(np.float32)
+    got = VolumeView(volume_source(big))[:, :, :, :]
+    assert np.abs(got - normalize_volume(big)).max() < 1e-5
+    assert volume_stats(volume_source(big)).shape == (1, 2)
 
 
 def test_bf16_close_to_fp32():

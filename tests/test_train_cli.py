@@ -21,7 +21,7 @@ def _one_line_error(capsys) -> str:
 
 
 def test_print_config_lists_every_default(capsys):
-    assert main(["train", "--print-config"]) == 0
+    assert main(["train", "--preset", "paper", "--print-config"]) == 0
     values = tomllib.loads(capsys.readouterr().out)
     assert values == dataclasses.asdict(TrainConfig())
     assert values["momentum"] == 0.99 and values["w0"] == 10.0 and values["sigma"] == 5.0

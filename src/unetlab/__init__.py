@@ -36,11 +36,13 @@ _EXPORTS = {
     "label_to_instances": "data",
     "normalize_image": "data",
     "evaluate": "evaluation",
+    "pretrained": "shipped",
+    "pretrained_models": "shipped",
 }
 _SUBMODULES = {"model", "weights", "augment", "data", "synthetic", "loss", "training", "tiling",
                "predict", "postprocess", "metrics", "report", "checkpoint", "ddp", "dask_predict",
                "engine", "sources", "prediction_io", "hardware", "bioimageio", "errors",
-               "atomic", "cli", "evaluation", "writers", "elastic"}
+               "atomic", "cli", "evaluation", "writers", "elastic", "shipped"}
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

@@ -8,7 +8,9 @@ shift and rotation invariance and robustness to grey-value variations. One rando
 applied *jointly* to the image, the class labels and the weight map.
 
 The geometry (elastic field, rotation, shift and the resampling kernels) is in
-:mod:`unetlab.elastic`; this module draws random transforms and applies them.
+:mod:`unetlab.elastic` (2D) and :mod:`unetlab.elastic3d` (volumes, Çiçek et al. 2016: a 3×3×3
+lattice, rotation about z, flips in z too); this module draws random transforms and applies
+them. Volumes: image (C, Z, Y, X) or (Z, Y, X), classes and weights (Z, Y, X).
 
 *Grey values* (image only, after the geometry): contrast, brightness, gamma, Gaussian noise;
 see :class:`Augment`.
@@ -27,6 +29,7 @@ import numpy as np
 
 from .elastic import (_coordinates, _identity_copy, bspline_upsampling_matrix,  # noqa: F401
                       elastic_deform, elastic_field, make_rng, random_grid, resample)
+from .elastic3d import _axis_sigmas, coordinates_3d, resample_3d
 from .errors import UnetlabError
 
 __all__ = [
@@ -41,7 +44,9 @@ class AugmentParams:
     """One drawn random transform (what :meth:`Augment.sample` returns, :meth:`Augment.apply`
     applies). Geometric: ``displacements`` (2, g, g) px or None, ``angle`` degrees
     (counter-clockwise as displayed), ``shift`` (ty, tx) px (the content moves by −t),
-    ``quarter_turns`` k for ``np.rot90`` and ``flip`` (left–right, after the turn). Grey:
+    ``quarter_turns`` k for ``np.rot90`` and ``flip`` (left–right, after the turn); for volumes
+    ``displacements`` (3, g, g, g) voxels, ``shift`` (tz, ty, tx), the angle and the quarter
+    turns about z, and ``flip_z`` (top–bottom along z, after the turn). Grey:
     ``contrast`` factor, ``brightness`` offset, ``gamma`` exponent, ``noise_seed`` (the noise
     generator's seed) and ``noise_std``. Construct it with keywords.
     """
@@ -55,12 +60,13 @@ class AugmentParams:
     gamma: float = 1.0
     noise_seed: int | None = None
     noise_std: float = 0.0
+    flip_z: bool = False
 
     @property
     def resamples(self) -> bool:
         """True when the transform needs interpolation (elastic, rotation or shift)."""
         return (self.displacements is not None and bool(np.any(self.displacements != 0))) \
-            or self.angle % 360 != 0 or self.shift != (0.0, 0.0)
+            or self.angle % 360 != 0 or any(v != 0 for v in self.shift)
 
 
 @dataclass
@@ -70,15 +76,20 @@ class Augment:
     Call: ``image, classes, weights = aug(image, classes, weights, rng=None)`` with image
     ``(C, H, W)`` float32 (normalised: about zero mean, unit standard deviation), classes
     ``(H, W)`` uint8 (255 = ignore) and weights ``(H, W)`` float32; classes or weights may be
-    None. Geometry is applied to all three with one resampling (image bicubic, classes nearest,
-    weights bilinear; borders mirrored), then flips/quarter turns exactly, then grey-value changes
-    to the image only. ``rng``: seed or Generator for this call; None uses the pipeline's own
-    generator, seeded by ``seed``.
+    None. Volumes: image ``(C, Z, Y, X)`` (or ``(Z, Y, X)`` when classes or weights
+    ``(Z, Y, X)`` are given; returned in the layout given) — a 3×3×3 lattice (``elastic_grid``
+    per axis), rotation about z, shifts on every axis, flips also along z, one tricubic /
+    nearest / trilinear resampling (:mod:`unetlab.elastic3d`). Geometry is applied to all three
+    with one resampling (image bicubic, classes nearest, weights bilinear; borders mirrored),
+    then flips/quarter turns exactly, then grey-value changes to the image only. ``rng``: seed
+    or Generator for this call; None uses the pipeline's own generator, seeded by ``seed``.
 
     Parameters (each transform is applied with its probability ``p_*``):
 
     * ``elastic_sigma`` (px, std of each lattice displacement; 0 = off), ``elastic_grid``
-      (lattice points per axis), ``p_elastic``.
+      (lattice points per axis), ``p_elastic``. ``spacing`` (volumes only): voxel size
+      (dz, dy, dx); the z components of displacements and shifts are scaled by dx/dz (so
+      ``elastic_sigma`` and ``shift`` are in x voxels and the physical spread is isotropic).
     * ``rotation`` (degrees): angle uniform in [−rotation, +rotation]; ``p_rotation``.
     * ``shift`` (px): each axis uniform in [−shift, +shift]; ``p_shift``.
     * ``flips`` (bool): a uniformly random element of the 8 flips/quarter turns (only the
@@ -108,13 +119,14 @@ class Augment:
     gamma: float = 0.1
     noise: float = 0.05
     p_grey: float = 0.5
+    spacing: tuple[float, float, float] | None = None
 
     seed: int | None = None
     _rng: np.random.Generator | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         for f in fields(self):
-            if f.name in ("seed", "_rng", "flips", "elastic_grid"):
+            if f.name in ("seed", "_rng", "flips", "elastic_grid", "spacing"):
                 continue
             v = getattr(self, f.name)
             if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) \
@@ -125,6 +137,11 @@ class Augment:
         if not isinstance(self.elastic_grid, (int, np.integer)) or self.elastic_grid < 2:
             raise UnetlabError(f"Augment: elastic_grid must be an integer ≥ 2, got "
                                f"{self.elastic_grid!r}")
+        if self.spacing is not None:
+            self.spacing = tuple(float(v) for v in np.ravel(self.spacing))
+            if len(self.spacing) != 3:
+                raise UnetlabError(f"Augment: spacing must be (dz, dy, dx), got {self.spacing}")
+            _axis_sigmas(1.0, self.spacing)
         if self.contrast >= 1:
             raise UnetlabError(f"Augment: contrast must be < 1 (factor in [1 − contrast, "
                                f"1 + contrast]), got {self.contrast!r}")
@@ -151,30 +168,40 @@ class Augment:
             self._rng = make_rng(self.seed)
         return self._rng
 
-    def sample(self, shape: tuple[int, int], rng=None) -> AugmentParams:
-        """Draw one random transform for images of spatial size ``shape = (H, W)``.
+    def sample(self, shape: tuple[int, ...], rng=None) -> AugmentParams:
+        """Draw one random transform for images of spatial size ``shape = (H, W)`` (or volumes
+        of ``(Z, Y, X)``).
 
         The number of draws from the generator is the same whatever is enabled, so a seed
         gives the same elastic field whether or not, e.g., rotation is on."""
         g = self._generator(rng)
-        h, w = int(shape[0]), int(shape[1])
-        u = g.random(14)
-        grid = g.standard_normal((2, self.elastic_grid, self.elastic_grid))
-        shift_u = g.uniform(-1.0, 1.0, 2)
+        nd = len(shape)
+        if nd not in (2, 3):
+            raise UnetlabError(f"Augment: shape must be (H, W) or (Z, Y, X), got {shape}")
+        h, w = int(shape[-2]), int(shape[-1])
+        u = g.random(14 if nd == 2 else 15)
+        grid = g.standard_normal((nd,) + (self.elastic_grid,) * nd)
+        shift_u = g.uniform(-1.0, 1.0, nd)
         noise_seed = int(g.integers(0, 2 ** 63 - 1))
+        scale = None if nd == 2 else _axis_sigmas(1.0, self.spacing)   # per axis, x voxels
         disp = None
         if self.elastic_sigma > 0 and u[0] < self.p_elastic:
-            disp = grid * float(self.elastic_sigma)
+            disp = grid * float(self.elastic_sigma) if scale is None \
+                else grid * (float(self.elastic_sigma) * scale)[:, None, None, None]
         angle = float((2 * u[2] - 1) * self.rotation) \
             if self.rotation > 0 and u[1] < self.p_rotation else 0.0
-        shift = (float(shift_u[0] * self.shift), float(shift_u[1] * self.shift)) \
-            if self.shift > 0 and u[3] < self.p_shift else (0.0, 0.0)
-        k, flip = 0, False
+        shift = (0.0,) * nd
+        if self.shift > 0 and u[3] < self.p_shift:
+            shift = (float(shift_u[0] * self.shift), float(shift_u[1] * self.shift)) \
+                if scale is None else tuple(float(v * self.shift * c)
+                                            for v, c in zip(shift_u, scale))
+        k, flip, flip_z = 0, False, False
         if self.flips:
             k = int(u[4] * 4) % 4
             if h != w:
                 k = 2 * (k // 2)
             flip = bool(u[5] < 0.5)
+            flip_z = nd == 3 and bool(u[14] < 0.5)
         pg = self.p_grey
         contrast = 1.0 + (2 * u[7] - 1) * self.contrast if self.contrast > 0 and u[6] < pg else 1.0
         brightness = (2 * u[9] - 1) * self.brightness if self.brightness > 0 and u[8] < pg else 0.0
@@ -182,31 +209,44 @@ class Augment:
         noise_std = float(u[13] * self.noise) if self.noise > 0 and u[12] < pg else 0.0
         return AugmentParams(displacements=disp, angle=angle, shift=shift, quarter_turns=k,
                              flip=flip, contrast=float(contrast), brightness=float(brightness),
-                             gamma=float(gamma), noise_seed=noise_seed, noise_std=noise_std)
+                             gamma=float(gamma), noise_seed=noise_seed, noise_std=noise_std,
+                             flip_z=flip_z)
 
     # -- application --------------------------------------------------------------------------
     @staticmethod
-    def coordinates(params: AugmentParams, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    def coordinates(params: AugmentParams, shape: tuple[int, ...]) -> tuple[np.ndarray, ...]:
         """Source coordinates ``(ys, xs)`` (each (H, W) float64, px) of the geometric part
-        (rotation about the centre, shift, elastic field) — see the module docstring."""
-        return _coordinates(shape, params.displacements, params.angle, params.shift)
+        (rotation about the centre, shift, elastic field) — see the module docstring; for a
+        volume ``shape = (Z, Y, X)``, ``(zs, ys, xs)``
+        (:func:`unetlab.elastic3d.coordinates_3d`)."""
+        d = params.displacements
+        if d is not None and np.ndim(d) != len(shape) + 1:
+            raise UnetlabError(f"Augment: displacements of shape {np.shape(d)} do not fit "
+                               f"{len(shape)}-D data")
+        if len(shape) == 3:
+            shift = tuple(params.shift) if len(params.shift) == 3 else (0.0, *params.shift)
+            return coordinates_3d(shape, d, params.angle, shift)
+        return _coordinates(shape, d, params.angle, params.shift)
 
     def apply(self, params: AugmentParams, image: np.ndarray, classes: np.ndarray | None = None,
               weights: np.ndarray | None = None):
         """Apply a drawn transform to (image, classes, weights); see the class docstring."""
-        image, classes, weights = _check_triplet(image, classes, weights)
-        h, w = image.shape[-2:]
+        image, classes, weights, squeeze = _check_triplet(image, classes, weights)
+        shape = image.shape[1:]
         arrays = [image] + [a for a in (classes, weights) if a is not None]
         orders = [3] + [o for a, o in ((classes, 0), (weights, 1)) if a is not None]
         if params.resamples:
-            ys, xs = self.coordinates(params, (h, w))
-            arrays = resample(arrays, orders, ys, xs)
+            coords = self.coordinates(params, shape)
+            arrays = (resample if len(shape) == 2 else resample_3d)(arrays, orders, *coords)
         else:
             arrays = _identity_copy(arrays, orders)
-        if params.quarter_turns % 4 or params.flip:
-            arrays = [np.ascontiguousarray(_dihedral(a, params.quarter_turns, params.flip))
+        if params.quarter_turns % 4 or params.flip or (params.flip_z and len(shape) == 3):
+            arrays = [np.ascontiguousarray(_dihedral(a, params.quarter_turns, params.flip,
+                                                     params.flip_z and len(shape) == 3))
                       for a in arrays]
         img = _grey(arrays[0], params)
+        if squeeze:
+            img = img[0]
         it = iter(arrays[1:])
         classes = next(it) if classes is not None else None
         weights = next(it) if weights is not None else None
@@ -214,24 +254,28 @@ class Augment:
 
     def __call__(self, image: np.ndarray, classes: np.ndarray | None = None,
                  weights: np.ndarray | None = None, rng=None):
-        image, classes, weights = _check_triplet(image, classes, weights)
-        params = self.sample(image.shape[-2:], rng)
-        return self.apply(params, image, classes, weights)
+        image, classes, weights, squeeze = _check_triplet(image, classes, weights)
+        params = self.sample(image.shape[1:], rng)
+        return self.apply(params, image[0] if squeeze else image, classes, weights)
 
 
-def _dihedral(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
+def _dihedral(a: np.ndarray, k: int, flip: bool, flip_z: bool = False) -> np.ndarray:
     a = np.rot90(a, k, axes=(-2, -1))
+    if flip_z:
+        a = a[..., ::-1, :, :]
     return a[..., ::-1] if flip else a
 
 
 def _grey(img: np.ndarray, p: AugmentParams) -> np.ndarray:
-    """Grey-value changes on a (C, H, W) float32 image (in place on a fresh array)."""
+    """Grey-value changes on a (C, H, W) or (C, Z, Y, X) float32 image (in place on a fresh
+    array); statistics per channel."""
+    axes = tuple(range(1, img.ndim))
     if p.contrast != 1.0:
-        mean = img.mean(axis=(-2, -1), keepdims=True)
+        mean = img.mean(axis=axes, keepdims=True)
         img = (img - mean) * np.float32(p.contrast) + mean
     if p.gamma != 1.0:
-        lo = img.min(axis=(-2, -1), keepdims=True)
-        hi = img.max(axis=(-2, -1), keepdims=True)
+        lo = img.min(axis=axes, keepdims=True)
+        hi = img.max(axis=axes, keepdims=True)
         span = np.where(hi > lo, hi - lo, 1).astype(img.dtype)
         img = lo + span * np.power(np.clip((img - lo) / span, 0, 1), np.float32(p.gamma))
     if p.brightness != 0.0:
@@ -243,28 +287,40 @@ def _grey(img: np.ndarray, p: AugmentParams) -> np.ndarray:
 
 
 def _check_triplet(image, classes, weights):
+    """(image (C, *spatial) float32, classes, weights float32, squeeze): 2D when classes or
+    weights are (H, W) or, without them, when the image is (C, H, W); volumes otherwise.
+    ``squeeze``: a (Z, Y, X) image was given (a channel axis was added)."""
     image = np.asarray(image)
-    if image.ndim != 3:
+    given = next((np.ndim(a) for a in (classes, weights) if a is not None), None)
+    nd = image.ndim - 1 if given is None else given
+    squeeze = nd == 3 and image.ndim == 3
+    if squeeze:
+        image = image[None]
+    if nd == 2 and image.ndim != 3:
         raise UnetlabError(f"Augment: image must have shape (C, H, W), got {image.shape}")
+    if nd not in (2, 3) or image.ndim != nd + 1:
+        raise UnetlabError(f"Augment: image must have shape (C, H, W) or (C, Z, Y, X), got "
+                           f"{image.shape}")
     if not np.issubdtype(image.dtype, np.floating):
         raise UnetlabError(f"Augment: image must be a float array (normalised), got "
                            f"{image.dtype}")
     if image.dtype != np.float32:
         image = image.astype(np.float32)
-    hw = image.shape[-2:]
+    hw = image.shape[1:]
+    what = "H, W" if nd == 2 else "Z, Y, X"
     if classes is not None:
         classes = np.asarray(classes)
         if classes.shape != hw:
-            raise UnetlabError(f"Augment: classes must have shape {hw} (the image's H, W), got "
-                               f"{classes.shape}")
+            raise UnetlabError(f"Augment: classes must have shape {hw} (the image's {what}), "
+                               f"got {classes.shape}")
     if weights is not None:
         weights = np.asarray(weights)
         if weights.shape != hw:
-            raise UnetlabError(f"Augment: weights must have shape {hw} (the image's H, W), got "
-                               f"{weights.shape}")
+            raise UnetlabError(f"Augment: weights must have shape {hw} (the image's {what}), "
+                               f"got {weights.shape}")
         if weights.dtype != np.float32:
             weights = weights.astype(np.float32)
-    return image, classes, weights
+    return image, classes, weights, squeeze
 
 
 # ----------------------------------------------------------------------------------------------

@@ -32,7 +32,11 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     """``torch.load(path, weights_only=True)`` with clear errors naming the file."""
     path = Path(path)
     if not path.exists():
-        raise UnetlabError(f"{path}: no such file")
+        from .shipped import pretrained_models
+
+        names = ", ".join(sorted(pretrained_models()))
+        shipped = f" (nor a shipped model: {names})" if names and os.sep not in str(path) else ""
+        raise UnetlabError(f"{path}: no such file{shipped}")
     if path.is_dir():
         raise UnetlabError(f"{path}: is a folder, expected a model/checkpoint file")
     try:
@@ -91,10 +95,13 @@ def model_from_state(obj: Any, path: str | os.PathLike = "<memory>") -> UNet:
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> UNet:
-    """Load a model written by :func:`save_model` (or a training checkpoint, or a bioimage.io
-    package written by :func:`unetlab.bioimageio.export_bioimageio`), in eval mode."""
+    """Load a model written by :func:`save_model` (or a training checkpoint, a bioimage.io
+    package written by :func:`unetlab.bioimageio.export_bioimageio`, or the name of a shipped
+    model, :mod:`unetlab.shipped`), in eval mode."""
     from .bioimageio import is_bioimageio_package, load_bioimageio
+    from .shipped import resolve_model_path
 
+    path = resolve_model_path(path)
     if is_bioimageio_package(path):
         return load_bioimageio(path).to(map_location)
     net = model_from_state(safe_load(path, map_location), path)

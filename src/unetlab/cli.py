@@ -16,7 +16,8 @@ from typing import Sequence
 
 from .errors import UnetlabError
 
-VERBS = ("train", "predict", "evaluate", "demo", "weights", "augment", "export", "report")
+VERBS = ("train", "predict", "evaluate", "demo", "weights", "augment", "export", "report",
+         "models")
 
 
 class _OneLineParser(argparse.ArgumentParser):

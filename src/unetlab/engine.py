@@ -37,7 +37,7 @@ from .tiling import (TileGeometry, Transform, choose_tile_size, from_dihedral,
                      transform_rect_to_image, tta_transforms)
 
 __all__ = ["NetRunner", "TileJob", "TileEngine", "plan_region", "rect_to_dihedral",
-           "CHANNELS_LAST_MIN_PIXELS", "CHANNELS_LAST_MIN_VOXELS"]
+           "balanced_tile", "CHANNELS_LAST_MIN_PIXELS", "CHANNELS_LAST_MIN_VOXELS"]
 
 #: Tiles of at least this many input pixels run in channels-last memory format on CPU (2D).
 CHANNELS_LAST_MIN_PIXELS = 192 * 192
@@ -100,6 +100,38 @@ def plan_region(geom: TileGeometry, image_shape: Sequence[int], rect: Rect, g: T
             jobs.append(TileJob(g, transform_rect_to_image(inp, image_shape, g), plan.tile_in,
                                 tuple(crop), transform_rect_to_image(own, image_shape, g)))
     return jobs
+
+
+def _tiles_along(geom: TileGeometry, size: int, tile: list[int], axis: int) -> tuple[int, int]:
+    """(tile count, actual input size) along ``axis`` for an axis of ``size`` pixels and the
+    requested ``tile`` (one size per axis), the other axes one pixel long (one tile)."""
+    shape = [1] * len(tile)
+    shape[axis] = size
+    plan = plan_tiles(geom, tuple(shape), tuple(tile))
+    return len(plan), int(plan.tile_in[axis])
+
+
+def balanced_tile(geom: TileGeometry, shape: Sequence[int], tile: Sequence[int]
+                  ) -> tuple[int, ...]:
+    """The smallest input tile, axis by axis, that covers an image of ``shape`` with as few
+    tiles as ``tile`` does (counted by :func:`unetlab.tiling.plan_tiles`); never larger.
+
+    The largest tile that fits the memory budget can need as many tiles as a much smaller one:
+    a 1024² image with 1180² tiles (996² outputs) takes 2 × 2 tiles overlapping by 968 pixels;
+    700² tiles (516² outputs) also take 2 × 2, with 2.8× fewer input pixels. The result is the
+    same (every valid tile is seamless, Sec. 2); only the work shrinks."""
+    best = [int(t) for t in tile]
+    for a, size in enumerate(int(s) for s in shape):
+        n, best[a] = _tiles_along(geom, size, best, a)
+        lo, hi = 1, best[a]                 # the smallest request that keeps n tiles
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if _tiles_along(geom, size, best[:a] + [mid] + best[a + 1:], a)[0] <= n:
+                hi = mid
+            else:
+                lo = mid + 1
+        best[a] = _tiles_along(geom, size, best[:a] + [hi] + best[a + 1:], a)[1]
+    return tuple(best)
 
 
 class NetRunner:
@@ -182,9 +214,9 @@ class TileEngine:
         tile = self.tile_size
         if tile is None:
             region = tuple(rect[2 * i + 1] - rect[2 * i] for i in range(len(rect) // 2))
-            tile = choose_tile_size(self.geom, region,
-                                    batch=self.batch_size * len(self.transforms),
-                                    budget=self.memory_budget)
+            tile = balanced_tile(self.geom, region, choose_tile_size(
+                self.geom, region, batch=self.batch_size * len(self.transforms),
+                budget=self.memory_budget))
         per_g = [plan_region(self.geom, image_shape, rect, g, tile) for g in self.transforms]
         return [j for group in itertools.zip_longest(*per_g) for j in group if j is not None]
 

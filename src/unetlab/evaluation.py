@@ -21,9 +21,10 @@ Volumes (``volume=True``, ``unetlab evaluate --volume``): each file is ONE label
 (Z, Y, X) — e.g. what ``unetlab predict --instances`` writes for a 3D model — and the cells
 and instances metrics score 3D objects (:func:`unetlab.metrics.seg` / ``matching`` with
 ``volume=True``) instead of one 2D frame per slice. The label rule is the same in 3D
-(:func:`read_volume_instances`: a binary mask becomes its 6-connected components, a float
-P(cell) its 6-connected regions > 0.5, other integer volumes are instance ids). A 4-D PRED
-(K, Z, Y, X) needs ``channel``. The ISBI metrics are 2D only.
+(:func:`unetlab.data.volume_to_instances` via :func:`read_volume_instances`: a binary mask
+becomes its 6-connected components, other integer volumes are instance ids; a float P(cell)
+its 6-connected regions > 0.5). A 4-D PRED (K, Z, Y, X) needs ``channel``. The ISBI metrics
+are 2D only.
 """
 from __future__ import annotations
 
@@ -315,36 +316,22 @@ def read_instances(a: np.ndarray, path: str | os.PathLike) -> np.ndarray:
 
 
 def read_volume_instances(a: np.ndarray, path: str | os.PathLike) -> np.ndarray:
-    """A label volume (Z, Y, X) → int32 instances by the label rule of
-    :func:`unetlab.data.label_to_instances` carried to 3D: values ⊆ {0, v} (a mask) → its
-    6-connected components; other non-negative integers → ids as they are; a float volume with
-    fractional values is P(cell): its 6-connected regions > 0.5. Non-finite, negative,
-    non-integer (beyond P(cell)) and over-int32 values raise :class:`UnetlabError`."""
-    from skimage.measure import label as cc_label
+    """A label volume (Z, Y, X) → int32 instances by the label rule for volumes,
+    :func:`unetlab.data.volume_to_instances` (a mask → its 6-connected components, other
+    integer volumes → ids as they are); a float volume with fractional values is P(cell): its
+    6-connected regions > 0.5."""
+    from scipy import ndimage
+
+    from .data import volume_to_instances
 
     a = np.asarray(a)
-    if a.dtype == bool:
-        a = a.astype(np.uint8)
-    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
-        raise UnetlabError(f"{path}: unsupported label type {a.dtype}")
-    if np.issubdtype(a.dtype, np.floating):
-        if not np.isfinite(a).all():
-            raise UnetlabError(f"{path}: label volume contains NaN or Inf values")
-        if not np.array_equal(a, np.round(a)):
-            if a.min() < 0 or a.max() > 1:
-                raise UnetlabError(f"{path}: a float prediction must be P(cell) in [0, 1] or "
-                                   "integer labels")
-            return cc_label(a > 0.5, connectivity=1).astype(np.int32)
-    lo, hi = (a.min(), a.max()) if a.size else (0, 0)
-    if lo < 0:
-        raise UnetlabError(f"{path}: label has negative values (min {lo}); use 0 for "
-                           "background and positive instance ids")
-    if hi > np.iinfo(np.int32).max:
-        raise UnetlabError(f"{path}: label values exceed the int32 range (max {hi})")
-    values = np.unique(a) if hi > 0 else np.array([0])
-    if len(values) <= 2 and (values[0] == 0 or len(values) == 1):
-        return cc_label(a != 0, connectivity=1).astype(np.int32)
-    return a.astype(np.int32)
+    if np.issubdtype(a.dtype, np.floating) and np.isfinite(a).all() \
+            and not np.array_equal(a, np.round(a)):
+        if a.min() < 0 or a.max() > 1:
+            raise UnetlabError(f"{path}: a float prediction must be P(cell) in [0, 1] or integer "
+                               "labels")
+        return ndimage.label(a > 0.5, structure=ndimage.generate_binary_structure(3, 1))[0]
+    return volume_to_instances(a, path)
 
 
 # ----------------------------------------------------------------------------------------------

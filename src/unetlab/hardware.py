@@ -171,19 +171,33 @@ def fastest_threads(step: Callable[[], object], repeats: int = 2) -> tuple[int, 
     return default, many, f"{default} threads: {many:.3g} s/step vs {one:.3g} s with 1"
 
 
+#: Below this many steps a run does not measure its thread count (:func:`thread_count`).
+MIN_STEPS_TO_MEASURE = 3
+
+
 def thread_count(requested: int | None, step: Callable[[], object] | None = None,
-                 device="cpu") -> tuple[int, str]:
+                 device="cpu", steps: int | None = None) -> tuple[int, str]:
     """The CPU thread count to use and a one-line reason. ``requested`` ≥ 1 (``--threads``)
     wins; otherwise, on a CPU and given a ``step``, :func:`fastest_threads` measures; else
-    torch's default. Does not change torch's setting: call ``torch.set_num_threads`` with it."""
+    torch's default. Does not change torch's setting: call ``torch.set_num_threads`` with it.
+
+    ``steps``: how many such steps the caller will run, if known. Measuring runs at least four
+    steps (three with one thread, one with the default), so with fewer than
+    :data:`MIN_STEPS_TO_MEASURE` steps, or when torch's default is one thread, it would cost
+    more than it can save: torch's default is kept without measuring."""
     import torch
 
     if requested is not None and int(requested) < 0:
         raise UnetlabError(f"--threads {requested}: must be ≥ 1 (0 = choose by measurement)")
     if requested:
         return int(requested), f"{int(requested)} thread(s) as asked (--threads)"
+    n = torch.get_num_threads()
     if torch.device(device).type != "cpu" or step is None:
-        n = torch.get_num_threads()
         return n, f"{n} thread(s) (torch default)"
+    if n == 1:
+        return 1, "1 thread (torch default: one core)"
+    if steps is not None and steps < MIN_STEPS_TO_MEASURE:
+        return n, (f"{n} thread(s) (torch default; not measured for {steps} tile "
+                   f"pass{'es' if steps != 1 else ''}: measuring would cost more)")
     n, _, why = fastest_threads(step)
     return n, why

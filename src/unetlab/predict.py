@@ -57,7 +57,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .engine import CHANNELS_LAST_MIN_PIXELS, TileEngine, make_runner
+from .engine import CHANNELS_LAST_MIN_PIXELS, TileEngine, balanced_tile, make_runner
 from .errors import UnetlabError
 from .sources import ImageSource, NormalizedView, VolumeView, from_array, volume_source
 from .tiling import TileGeometry, choose_tile_size, read_padded, tta_transforms
@@ -103,10 +103,12 @@ def _tile_request(geom: TileGeometry, tile_size, hw, batch: int,
                   memory_budget) -> tuple[int, ...]:
     """The requested input tile, one size per spatial axis of ``hw``: ``tile_size`` as given
     (int or one per axis), or None → the largest tile whose forward pass of ``batch`` tiles fits
-    the memory budget."""
+    the memory budget, shrunk to the smallest that needs no more tiles
+    (:func:`unetlab.engine.balanced_tile`)."""
     dims = len(hw)
     if tile_size is None:
-        return choose_tile_size(geom, hw, batch=batch, budget=memory_budget)
+        return balanced_tile(geom, hw, choose_tile_size(geom, hw, batch=batch,
+                                                        budget=memory_budget))
     if isinstance(tile_size, (int, np.integer)):
         req = (int(tile_size),) * dims
     else:

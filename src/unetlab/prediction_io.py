@@ -53,7 +53,8 @@ class PredictOptions:
     (pixels), min_size [--min-size] (pixels): instance labels; overlays [not --no-overlay];
     device [--device]; precision [--precision]; threads [--threads] (None: by measurement);
     dask [--dask], workers [--workers], scheduler [--scheduler]; overwrite [--overwrite];
-    progress [not --quiet].
+    progress [not --quiet]; close_membranes [--close-membranes]: P(cell) of a 2-class model
+    through :func:`unetlab.membranes.close_membranes` before it is written (TIFF output).
     """
 
     tta: bool = False
@@ -74,6 +75,7 @@ class PredictOptions:
     scheduler: str | None = None
     overwrite: bool = False
     progress: bool = True
+    close_membranes: bool = False
 
     def check(self) -> None:
         """Raise :class:`UnetlabError` (naming the flag) for a value out of range or an option
@@ -97,6 +99,9 @@ class PredictOptions:
             raise UnetlabError(f"--format: use one of {', '.join(FORMATS)}, got {self.format!r}")
         if self.dask and self.format != "zarr":
             raise UnetlabError("--dask writes zarr: use --format zarr (or leave --format out)")
+        if self.close_membranes and (self.dask or self.format != "tif"):
+            raise UnetlabError("--close-membranes writes the closed map as a TIFF: leave out "
+                               "--dask and --format (or use --format tif)")
         if not self.dask and (self.workers is not None or self.scheduler is not None):
             flag = "--workers" if self.workers is not None else "--scheduler"
             raise UnetlabError(f"{flag} applies to Dask prediction only: add --dask")
@@ -291,7 +296,7 @@ def predict_files(model, inputs: Sequence[str | Path], out_dir: str | Path,
     except OSError as e:
         raise UnetlabError(f"--out {out_dir}: cannot create folder ({e.strerror or e})") from None
     if not opts.dask:
-        _choose_threads(net, jobs[0].source, opts, device, log)
+        _choose_threads(net, jobs, opts, device, log)
         log(f"precision: {describe_precision(resolve_precision(opts.precision, device), device)}")
     written = []
     for job in jobs:
@@ -300,21 +305,31 @@ def predict_files(model, inputs: Sequence[str | Path], out_dir: str | Path,
     return written
 
 
-def _choose_threads(net, source, opts: PredictOptions, device, log) -> None:
+def _choose_threads(net, jobs: Sequence[Job], opts: PredictOptions, device, log) -> None:
     """Set torch's CPU thread count: ``opts.threads``, or the faster of 1 and all threads on
-    one tile of this run (a busy machine can be much faster with one); one line to ``log``."""
+    one tile of this run (a busy machine can be much faster with one), unless the whole run is
+    too short for measuring to pay (:func:`unetlab.hardware.thread_count`); one line to
+    ``log``."""
     import torch
 
-    from .hardware import thread_count
+    from .hardware import MIN_STEPS_TO_MEASURE, thread_count
     from .predict import _tile_request, transforms
     from .tiling import TileGeometry, plan_tiles
 
     geom = TileGeometry.from_net(net)
-    shape = tuple(source.shape[-2:]) if geom.spatial_dims == 2 else \
-        (source.shape[0],) + tuple(source.shape[-2:])
+    volume = geom.spatial_dims == 3
     ntrans = len(transforms(geom, opts.tta))
-    req = _tile_request(geom, opts.tile, shape, opts.batch * ntrans, None)
-    x = torch.zeros((1, int(net.in_channels)) + plan_tiles(geom, shape, req).tile_in)
+    steps, tile = 0, None
+    for job in jobs:          # tile passes (one tile, one transform), as far as they matter
+        if steps >= MIN_STEPS_TO_MEASURE:
+            break
+        S, _, H, W = job.source.shape
+        shape = (S, H, W) if volume else (H, W)
+        req = _tile_request(geom, opts.tile, shape, opts.batch * ntrans, None)
+        plan = plan_tiles(geom, shape, req)
+        tile = tile or plan.tile_in
+        steps += (1 if volume else int(S)) * len(plan) * ntrans
+    x = torch.zeros((1, int(net.in_channels)) + tuple(tile))
     on_cpu = device.type == "cpu" and next(net.parameters()).device.type == "cpu"
     was = net.training
     net.eval()
@@ -324,7 +339,7 @@ def _choose_threads(net, source, opts: PredictOptions, device, log) -> None:
             net(x)
 
     try:
-        n, why = thread_count(opts.threads, step if on_cpu else None, device)
+        n, why = thread_count(opts.threads, step if on_cpu else None, device, steps=steps)
     finally:
         net.train(was)
     torch.set_num_threads(n)

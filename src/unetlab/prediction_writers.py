@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import UnetlabError
 from .sources import NormalizedView, VolumeView
 
 __all__ = ["predict_job", "overlay", "ClassSelect", "PICTURE_PIXELS", "MAX_OVERLAYS"]
@@ -70,7 +71,9 @@ def _prob_shape(net, view) -> tuple[int, ...]:
     return (S, K, H, W) if view.stack else (K, H, W)
 
 
-def _predict_tif(net, view, final: Path, kw: dict, want_fg: bool):
+def _predict_tif(net, view, final: Path, kw: dict, want_fg: bool, close: bool = False):
+    """Predict into a memory-mapped TIFF; ``close``: P(cell) of a 2-class model through
+    :func:`unetlab.membranes.close_membranes` before the file is complete."""
     import tifffile
 
     from . import predict as pr
@@ -85,6 +88,10 @@ def _predict_tif(net, view, final: Path, kw: dict, want_fg: bool):
                              bigtiff=4 * int(np.prod(shape)) > 2**31)
         target = ClassSelect(mm, 1, K, stack) if two else mm
         pr.predict_tiled(net, view, out=target, **kw)
+        if close:
+            from .membranes import close_membranes
+
+            mm[...] = close_membranes(np.asarray(mm))
         mm.flush()
         fg = None
         if want_fg:
@@ -219,7 +226,13 @@ def predict_job(net, model, job, opts, device, log) -> list[Path]:
     if opts.dask:
         written, fg = _predict_dask(model, job, opts, device, want_fg, _stack(view))
     elif opts.format == "tif":
-        written, fg = _predict_tif(net, view, final, kw, want_fg)
+        if opts.close_membranes and int(net.num_classes) != 2:
+            raise UnetlabError(f"--close-membranes: needs a 2-class (membrane / cell) model; "
+                               f"{model} has {int(net.num_classes)} classes")
+        if opts.close_membranes and volume:
+            raise UnetlabError(f"--close-membranes: closes the membranes of 2D maps; {model} "
+                               "is a 3D model (its instances are split in 3D, --instances)")
+        written, fg = _predict_tif(net, view, final, kw, want_fg, opts.close_membranes)
     elif opts.format == "png":
         written, fg = _predict_png(net, view, job.outputs, kw)
     else:
@@ -228,9 +241,10 @@ def predict_job(net, model, job, opts, device, log) -> list[Path]:
                  "(S, K, H, W)" if view.stack else "(K, H, W)"}
         written, fg = _predict_zarr(net, view, final, kw, attrs, want_fg)
     if (opts.instances or opts.overlays) and not job.pictures:
-        H, W = view.shape[-2:]
-        log(f"{job.path}: {H}x{W} is too large for instances/overlays (limit "
-            f"{PICTURE_PIXELS} pixels); wrote the probabilities only")
+        size = "x".join(str(n) for n in (view.shape[1:] if volume else view.shape[-2:]))
+        log(f"{job.path}: {size} is too large for instances/overlays (limit "
+            f"{PICTURE_PIXELS} {'voxels' if volume else 'pixels'}); wrote the probabilities "
+            "only")
     if want_fg:
         written += _pictures(fg, view, job, opts)
     for f in written:

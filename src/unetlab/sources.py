@@ -391,14 +391,13 @@ def volume_source(array, in_channels: int = 1) -> ImageSource:
 
 def volume_stats(source: ImageSource) -> np.ndarray:
     """(low, high) of every channel of a volume source (Z, C, Y, X) over the whole volume:
-    (C, 2) float64, the percentiles of :func:`unetlab.data.sample_stats` on a regular
-    subsample ``[::s, :, ::s, ::s]`` of at most about 2^22 voxels per channel."""
+    (C, 2) float64, the percentiles of :func:`unetlab.data.sample_stats` on the regular
+    subsample ``[::s, :, ::s, ::s]`` (about 2^22 voxels per channel) that training's
+    :func:`unetlab.data.normalize_volume` reads — the same statistics, read lazily."""
     from .data import sample_stats
 
     Z, C, Y, X = source.shape
-    step = max(1, int(np.ceil((Z * Y * X / float(1 << 22)) ** (1.0 / 3.0))))
-    while (-(-Z // step)) * (-(-Y // step)) * (-(-X // step)) > (1 << 22) * 1.01:
-        step += 1
+    step = max(1, int(np.ceil((np.prod((Z, Y, X), dtype=np.float64) / (1 << 22)) ** (1 / 3))))
     sub = np.asarray(source[::step, :, ::step, ::step], dtype=np.float64)
     return sample_stats(np.moveaxis(sub, 1, 0))
 

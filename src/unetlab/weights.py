@@ -12,6 +12,12 @@
 
 Conventions (every function here, any number of dimensions, distances in pixels):
 
+* **Volumes** (Z, Y, X) work like images (face neighbours: 6 in 3D instead of 4). Anisotropic
+  voxels (Çiçek et al. 2016 train on stacks with coarser z) are handled by ``spacing=(dz, dy,
+  dx)`` in physical units: distances and σ are then in the same units (default: 1 per axis =
+  pixels, so 2D calls are unchanged). The separation and the class balance count voxels and need
+  no spacing (every voxel has the same volume).
+
 * **Instance images** are integer arrays: 0 = background, i > 0 = pixels of instance i,
   negative = unlabelled/ignored (the loss ignores them; Cell Tracking Challenge data are only
   partially annotated). An id that appears in several pieces is *one* instance. ``ignore_label``
@@ -34,7 +40,7 @@ from .errors import UnetlabError
 __all__ = [
     "IGNORE_INDEX", "border_weight_map", "class_balance_map", "weight_map", "separate_instances",
     "instances_from_mask", "as_instances", "training_targets", "border_radius",
-    "write_weight_map",
+    "write_weight_map", "sparsify",
 ]
 
 IGNORE_INDEX = 255
@@ -82,6 +88,25 @@ def _count_ids(inst: np.ndarray) -> int:
     return len(np.unique(p))
 
 
+def _spacing(spacing, ndim: int) -> tuple[float, ...] | None:
+    """``spacing`` as ``ndim`` finite positive floats, or None for 1 per axis (pixels)."""
+    if spacing is None:
+        return None
+    if isinstance(spacing, (int, float, np.integer, np.floating)):
+        spacing = (spacing,) * ndim
+    try:
+        sp = tuple(float(v) for v in spacing)
+    except (TypeError, ValueError):
+        raise UnetlabError(f"spacing: expected {ndim} numbers (one per axis), got "
+                           f"{spacing!r}") from None
+    if len(sp) != ndim:
+        raise UnetlabError(f"spacing: expected {ndim} numbers (one per axis of a "
+                           f"{ndim}-D label image), got {len(sp)}")
+    if not all(math.isfinite(v) and v > 0 for v in sp):
+        raise UnetlabError(f"spacing: every voxel size must be a finite number > 0, got {sp}")
+    return None if all(v == 1.0 for v in sp) else sp
+
+
 def _ignored(instances: np.ndarray, ignore_label) -> np.ndarray:
     ign = instances < 0
     if ignore_label is not None:
@@ -92,28 +117,33 @@ def _ignored(instances: np.ndarray, ignore_label) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # border term
 # --------------------------------------------------------------------------------------------
-def border_radius(w0: float = 10.0, sigma: float = 5.0, tol: float = DEFAULT_TOL) -> float:
-    """Distance (pixels) beyond which an instance can be left out of the border term.
+def border_radius(w0: float = 10.0, sigma: float = 5.0, tol: float = DEFAULT_TOL,
+                  step: float = 1.0) -> float:
+    """Distance (pixels, or the units of ``sigma``) beyond which an instance can be left out of
+    the border term.
 
-    At a background pixel d1 ≥ 1. If the second-nearest instance is farther than ``R`` then
-    d1 + d2 > 1 + R and the true term is below w0·exp(−(1+R)²/(2σ²)); setting that equal to
-    ``tol`` gives ``R = σ·sqrt(2·ln(w0/tol)) − 1``. Any instance within ``R`` of a pixel lies in a
-    window of its bounding box grown by ``ceil(R)``, where its distance is computed exactly; so
-    restricting each instance's distance transform to that window changes the term by at most
-    ``tol`` (the term is set to 0 where fewer than two instances are within reach).
+    At a background pixel d1 ≥ ``step``, the smallest voxel size (1 pixel; ``min(spacing)`` in
+    physical units). If the second-nearest instance is farther than ``R`` then
+    d1 + d2 > step + R and the true term is below w0·exp(−(step+R)²/(2σ²)); setting that equal
+    to ``tol`` gives ``R = σ·sqrt(2·ln(w0/tol)) − step``. Any instance within ``R`` of a pixel
+    lies in a window of its bounding box grown by ``ceil(R / spacing)`` voxels per axis, where
+    its distance is computed exactly; so restricting each instance's distance transform to that
+    window (or dropping distances above ``R``) changes the term by at most ``tol`` (the term is
+    set to 0 where fewer than two instances are within reach).
     w0 = 10, σ = 5, tol = 1e-6 → R ≈ 27.4 px. ``tol <= 0`` → ``inf`` (full transforms).
     """
     if tol <= 0:
         return math.inf
     if w0 <= tol:
         return 0.0
-    return max(0.0, sigma * math.sqrt(2.0 * math.log(w0 / tol)) - 1.0)
+    return max(0.0, sigma * math.sqrt(2.0 * math.log(w0 / tol)) - step)
 
 
-def _nearest_two(instances: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per pixel, the smallest and second-smallest Euclidean distance (float64) to the ids > 0,
-    each instance's transform limited to its bounding box grown by ``ceil(radius)`` (``inf``
-    where not reached)."""
+def _nearest_two(instances: np.ndarray, radius: float, spacing: tuple[float, ...] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel, the smallest and second-smallest Euclidean distance (float64, units of
+    ``spacing``) to the ids > 0, each instance's transform limited to its bounding box grown by
+    ``ceil(radius / spacing[axis])`` voxels per axis (``inf`` where not reached)."""
     shape = instances.shape
     pos = np.where(instances > 0, instances, 0)
     if pos.size and pos.max() > 4 * pos.size + 1024:        # sparse huge ids: compact them
@@ -122,16 +152,17 @@ def _nearest_two(instances: np.ndarray, radius: float) -> tuple[np.ndarray, np.n
         pos[m] = np.unique(instances[m], return_inverse=True)[1] + 1
     d1 = np.full(shape, np.inf)
     d2 = np.full(shape, np.inf)
-    grow = None if math.isinf(radius) else int(math.ceil(radius))
+    steps = (1.0,) * len(shape) if spacing is None else spacing
+    grow = None if math.isinf(radius) else [int(math.ceil(radius / st)) for st in steps]
     for k, box in enumerate(ndimage.find_objects(pos), start=1):
         if box is None:
             continue
         if grow is None:
             win = tuple(slice(0, n) for n in shape)
         else:
-            win = tuple(slice(max(0, s.start - grow), min(n, s.stop + grow))
-                        for s, n in zip(box, shape))
-        d = ndimage.distance_transform_edt(pos[win] != k)
+            win = tuple(slice(max(0, s.start - g), min(n, s.stop + g))
+                        for s, n, g in zip(box, shape, grow))
+        d = ndimage.distance_transform_edt(pos[win] != k, sampling=spacing)
         w1 = d1[win]
         w2 = d2[win]
         # running two smallest: new d2 = min(d2, max(d1, d)); new d1 = min(d1, d)
@@ -141,28 +172,46 @@ def _nearest_two(instances: np.ndarray, radius: float) -> tuple[np.ndarray, np.n
 
 
 def border_weight_map(instances, w0: float = 10.0, sigma: float = 5.0, *,
-                      tol: float = DEFAULT_TOL) -> np.ndarray:
+                      tol: float = DEFAULT_TOL, spacing=None, method: str = "auto"
+                      ) -> np.ndarray:
     """The border term of Eq. 2: ``w0·exp(−(d1+d2)²/(2σ²))`` at background pixels; float32.
 
-    ``instances``: integer instance image (any shape, usually (H, W)); 0 = background, < 0 =
-    ignored. d_i(x) is the Euclidean distance (pixels) from x to the nearest pixel of instance i,
-    as ``scipy.ndimage.distance_transform_edt(instances != i)``; d1 ≤ d2 the two smallest over all
-    instances. The result is 0 on instance pixels and ignored pixels, and all 0 with fewer than
-    two instances. An id in several pieces is one instance.
+    ``instances``: integer instance image (any shape: (H, W), or a (Z, Y, X) volume); 0 =
+    background, < 0 = ignored (not an instance: distances are measured to labelled voxels only,
+    so a sparsely annotated volume, :func:`sparsify`, uses its annotated voxels only). d_i(x) is
+    the Euclidean distance from x to the nearest pixel of instance i, as
+    ``scipy.ndimage.distance_transform_edt(instances != i, sampling=spacing)``; d1 ≤ d2 the two
+    smallest over all instances. ``spacing``: voxel size per axis, e.g. (dz, dy, dx) in µm;
+    ``sigma`` and the distances are then in those units (default: pixels). The result is 0 on
+    instance pixels and ignored pixels, and all 0 with fewer than two instances. An id in
+    several pieces is one instance.
 
-    Fast: each instance's distance transform covers only its bounding box grown by
-    :func:`border_radius` (≈ 27 px for w0 = 10, σ = 5), which bounds the absolute error by
-    ``tol`` (default 1e-6, about the float32 resolution of values near w0); ``tol=0`` computes
-    full transforms.
+    Fast: instances farther than :func:`border_radius` (≈ 27 px for w0 = 10, σ = 5) are left
+    out, which bounds the absolute error by ``tol`` (default 1e-6, about the float32 resolution
+    of values near w0); ``tol=0`` is exact. ``method``: "windows" — each instance's distance
+    transform covers only its bounding box grown by that radius (per axis divided by the voxel
+    size); "separable" — one pass per axis keeping the two nearest instances per voxel
+    (:mod:`unetlab._nearest_two`; in a volume the windows would cover most of it); "auto" (default)
+    — windows for 2D images, separable for volumes.
     """
     inst = _as_int_labels(instances)
     if sigma <= 0:
         raise UnetlabError(f"sigma must be > 0, got {sigma}")
+    sp = _spacing(spacing, inst.ndim)
     out = np.zeros(inst.shape, np.float32)
     ids = _count_ids(inst)
     if ids < 2 or w0 == 0:
         return out
-    d1, d2 = _nearest_two(inst, border_radius(abs(w0), sigma, tol))
+    step = 1.0 if sp is None else min(sp)
+    radius = border_radius(abs(w0), sigma, tol, step)
+    if method not in ("auto", "windows", "separable"):
+        raise UnetlabError(f"method must be 'auto', 'windows' or 'separable', got {method!r}")
+    if method == "separable" or (method == "auto" and inst.ndim >= 3):
+        from ._nearest_two import nearest_two
+
+        d1, d2 = nearest_two(inst, radius, sp)
+    else:
+        d1, d2 = _nearest_two(inst, radius, sp)
     bg = inst == 0
     s = d1[bg]
     s += d2[bg]
@@ -274,10 +323,42 @@ def as_instances(label_image, ignore_label=None, path=None) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
+# sparse annotation (Çiçek et al. 2016)
+# --------------------------------------------------------------------------------------------
+def sparsify(instances, every: int = 32, keep: int = 3, axis: int = 0,
+             offset: int = 0) -> np.ndarray:
+    """A sparsely annotated copy of a dense instance volume, as the 3D U-Net is trained
+    (Çiçek et al. 2016, Sec. 1 and 3: a few annotated slices per volume).
+
+    Along ``axis`` (default 0 = z), slice ``i`` stays annotated when
+    ``(i − offset) mod every < keep`` (``keep`` consecutive slices out of every ``every``); all
+    other voxels become -1 = unlabelled, which :func:`training_targets` turns into class
+    :data:`IGNORE_INDEX` and weight 0 (and which never count as instances for the border term).
+    Returns int32 of the same shape; voxels already < 0 stay -1.
+    """
+    inst = _as_int_labels(instances)
+    if inst.ndim < 2:
+        raise UnetlabError(f"sparsify: expected a label image or volume, got shape {inst.shape}")
+    if not -inst.ndim <= axis < inst.ndim:
+        raise UnetlabError(f"sparsify: axis {axis} out of range for a {inst.ndim}-D volume")
+    for name, v in (("every", every), ("keep", keep)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise UnetlabError(f"sparsify: {name} must be an integer ≥ 1, got {v!r}")
+    if keep > every:
+        raise UnetlabError(f"sparsify: keep ({keep}) cannot exceed every ({every})")
+    annotated = (np.arange(inst.shape[axis]) - int(offset)) % every < keep
+    shape = [1] * inst.ndim
+    shape[axis] = -1
+    out = np.where(annotated.reshape(shape), inst, -1).astype(np.int32)
+    out[out < 0] = -1
+    return out
+
+
+# --------------------------------------------------------------------------------------------
 # the full map and the training targets
 # --------------------------------------------------------------------------------------------
 def training_targets(instances, w0: float = 10.0, sigma: float = 5.0, balance: bool = True,
-                     ignore_label=None, *, tol: float = DEFAULT_TOL
+                     ignore_label=None, *, tol: float = DEFAULT_TOL, spacing=None
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Class image and weight map for the loss (Sec. 3): ``(classes uint8, weights float32)``.
 
@@ -285,6 +366,10 @@ def training_targets(instances, w0: float = 10.0, sigma: float = 5.0, balance: b
     separation borders, :data:`IGNORE_INDEX` where ignored (``instances < 0`` or
     ``== ignore_label``). ``weights`` = :func:`weight_map`: w_c of the two classes (or 1 if
     ``balance`` is False) + the border term computed on the *separated* instances, 0 where ignored.
+    Volumes (Z, Y, X) work the same (6-neighbour separation); ``spacing`` (dz, dy, dx) gives the
+    voxel size for the border term, ``sigma`` then in the same units. Unlabelled voxels (e.g. the
+    slices :func:`sparsify` leaves out) are ignored: class :data:`IGNORE_INDEX`, weight 0, not
+    counted by the class balance, never an instance for the border term.
     """
     inst = _as_int_labels(instances)
     ign = _ignored(inst, ignore_label)
@@ -298,12 +383,12 @@ def training_targets(instances, w0: float = 10.0, sigma: float = 5.0, balance: b
     if w0 != 0:
         sep = np.where(fg, inst, 0)
         sep[ign] = -1
-        weights += border_weight_map(sep, w0, sigma, tol=tol)
+        weights += border_weight_map(sep, w0, sigma, tol=tol, spacing=spacing)
     return classes, weights
 
 
 def weight_map(labels, w0: float = 10.0, sigma: float = 5.0, balance: bool = True,
-               ignore_label=None, *, tol: float = DEFAULT_TOL) -> np.ndarray:
+               ignore_label=None, *, tol: float = DEFAULT_TOL, spacing=None) -> np.ndarray:
     """The weight map of Eq. 2, float32, shape of ``labels``: ``w_c + w0·exp(−(d1+d2)²/(2σ²))``.
 
     ``labels``: a label image as ``unetlab train`` reads one (:func:`as_instances`): instance
@@ -312,9 +397,12 @@ def weight_map(labels, w0: float = 10.0, sigma: float = 5.0, balance: bool = Tru
     Touching instances are first split by one-pixel borders (:func:`separate_instances`); w_c
     balances the resulting cell/background classes (:func:`class_balance_map`; all 1 when
     ``balance`` is False); the border term (:func:`border_weight_map`) is evaluated on the
-    separated instances, so it peaks on the separation lines. Ignored pixels get 0.
+    separated instances, so it peaks on the separation lines. Ignored pixels get 0. Volumes
+    (Z, Y, X) with ``spacing`` (dz, dy, dx; ``sigma`` in the same units) as in
+    :func:`training_targets`.
     """
-    return training_targets(as_instances(labels, ignore_label), w0, sigma, balance, tol=tol)[1]
+    return training_targets(as_instances(labels, ignore_label), w0, sigma, balance, tol=tol,
+                            spacing=spacing)[1]
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,11 +11,11 @@ from scipy import ndimage
 
 
 def naive_border_weight_map(instances: np.ndarray, w0: float = 10.0,
-                            sigma: float = 5.0) -> np.ndarray:
+                            sigma: float = 5.0, sampling=None) -> np.ndarray:
     """w0·exp(−(d1+d2)²/(2σ²)) at background pixels (``instances == 0``), 0 elsewhere; float32.
 
-    d_i = ``distance_transform_edt(instances != i)`` for every id i > 0; d1 ≤ d2 the two smallest.
-    Fewer than two instances → zeros.
+    d_i = ``distance_transform_edt(instances != i, sampling=sampling)`` for every id i > 0;
+    d1 ≤ d2 the two smallest. Fewer than two instances → zeros.
     """
     instances = np.asarray(instances)
     ids = np.unique(instances)
@@ -23,7 +23,8 @@ def naive_border_weight_map(instances: np.ndarray, w0: float = 10.0,
     out = np.zeros(instances.shape, np.float32)
     if len(ids) < 2:
         return out
-    d = np.stack([ndimage.distance_transform_edt(instances != i) for i in ids])
+    d = np.stack([ndimage.distance_transform_edt(instances != i, sampling=sampling)
+                  for i in ids])
     d.sort(axis=0)
     term = w0 * np.exp(-((d[0] + d[1]) ** 2) / (2.0 * sigma ** 2))
     bg = instances == 0
@@ -32,7 +33,7 @@ def naive_border_weight_map(instances: np.ndarray, w0: float = 10.0,
 
 
 def naive_border_weight_map_lowmem(instances: np.ndarray, w0: float = 10.0,
-                                   sigma: float = 5.0) -> np.ndarray:
+                                   sigma: float = 5.0, sampling=None) -> np.ndarray:
     """Same result as :func:`naive_border_weight_map`, keeping only the two smallest distances
     (one full-image EDT per instance, no stacking) — the fair timing baseline."""
     instances = np.asarray(instances)
@@ -44,7 +45,7 @@ def naive_border_weight_map_lowmem(instances: np.ndarray, w0: float = 10.0,
     d1 = np.full(instances.shape, np.inf)
     d2 = np.full(instances.shape, np.inf)
     for i in ids:
-        d = ndimage.distance_transform_edt(instances != i)
+        d = ndimage.distance_transform_edt(instances != i, sampling=sampling)
         d2 = np.minimum(d2, np.maximum(d1, d))
         d1 = np.minimum(d1, d)
     term = w0 * np.exp(-((d1 + d2) ** 2) / (2.0 * sigma ** 2))

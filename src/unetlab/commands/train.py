@@ -11,7 +11,13 @@ DESCRIPTION = """\
 Train a U-Net as in Ronneberger et al. 2015 (Sec. 3): one large tile per step, SGD with
 momentum 0.99, pixel-wise soft-max + cross-entropy weighted by the weight map of Eq. 2
 (w0 = 10, sigma = 5 px, class balance), elastic deformation and the other augmentations of
-Sec. 3.1, He initialisation. Defaults are the paper's network (width 64, depth 4, 572 -> 388).
+Sec. 3.1, He initialisation.
+
+The options not given come from --preset: 'auto' (default) is 'paper' on a GPU and 'cpu' on a
+CPU. 'paper' is Sec. 3 exactly (width 64, depth 4, 572 -> 388 tiles, SGD momentum 0.99, 5000
+iterations). 'cpu' learns within an hour on a laptop CPU: width 16, 380 -> 196 tiles, Adam,
+--time 60m (docs/isbi2012.md has the ablations behind it). --print-config shows each value and
+why the preset chose it.
 
 DATA is a dataset folder (image/ + label/ sub-folders, ISBI train-volume.tif + train-labels.tif,
 a Cell Tracking Challenge folder) or 'synthetic' (generated touching cells).
@@ -31,11 +37,14 @@ same --lr and --momentum; only rank 0 writes RUN and validates; --resume works t
 (the run folder must be shared by all nodes). See docs/distributed.md for batch size, learning
 rate and momentum against the paper's batch of one.
 
-Options are resolved as: defaults < --config FILE < command-line flags. --print-config prints
-every option with its default (or the resolved value) as TOML, which --config reads back.
+Options are resolved as: preset < --config FILE < command-line flags (--iterations without
+--time drops the preset's time budget). --print-config prints every option with its resolved
+value as TOML, which --config reads back.
 
 examples (the first line writes a small dataset to try it on):
   unetlab demo --data cells
+  unetlab train cells --out runs/auto --time 10m              # the device's recipe, 10 minutes
+  unetlab train cells --out runs/paper --preset paper --iterations 20000 --device cuda
   unetlab train cells --out runs/cells --width 16 --depth 3 --iterations 2000 --val synthetic
   unetlab train --print-config > cfg.toml     # edit, then:
   unetlab train cells --config cfg.toml --out runs/x
@@ -55,7 +64,7 @@ _METAVARS = {
     "w0": "W0", "sigma": "PX", "seed": "S", "device": "auto|cpu|cuda", "grad_clip": "NORM",
     "norm": "none|batch|group|instance", "upsampling": "upconv|bilinear",
     "select": "rand_error|pixel_error|loss", "threads": "N", "dropout": "P",
-    "precision": "auto|fp32|bf16",
+    "precision": "auto|fp32|bf16", "preset": "auto|cpu|paper",
 }
 _TYPES = {"int": int, "float": float, "str": str}
 _GENERIC = {"int": "N", "float": "X", "str": "TEXT"}
@@ -85,7 +94,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write the run into a non-empty folder that holds no unetlab run")
     for f in _options():
         flag = "--" + f.name.replace("_", "-")
-        doc = f"{f.metadata.get('doc', '')} (default {getattr(defaults, f.name)!r})"
+        doc = f"{f.metadata.get('doc', '')} ({_default_text(f.name, defaults)})"
         doc = doc.replace("%", "%%")
         if f.type in ("bool", bool):
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
@@ -94,6 +103,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, dest=f.name, type=_TYPES[str(f.type)],
                            metavar=_METAVARS.get(f.name, _GENERIC[str(f.type)]), default=None,
                            help=doc)
+
+
+def _default_text(name: str, defaults) -> str:
+    """'default X', or the value of each preset where the preset sets the option."""
+    from ..training.presets import preset_values
+
+    if name == "preset":
+        return "default 'auto'"
+    cpu, paper = preset_values("cpu", bf16=True), preset_values("paper")
+    if name not in cpu and name not in paper:
+        return f"default {getattr(defaults, name)!r}"
+    if name == "channels_last":
+        return "preset cpu: true where bf16 runs, else false; paper: false"
+    pick = {k: (v[name][0] if name in v else getattr(defaults, name))
+            for k, v in (("cpu", cpu), ("paper", paper))}
+    return f"preset cpu: {pick['cpu']!r}, paper: {pick['paper']!r}"
 
 
 def resolve(args: argparse.Namespace):

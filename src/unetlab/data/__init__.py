@@ -12,18 +12,24 @@ This is the edge of the library where files are read; everything else works on
 * :mod:`.normalize` — :func:`normalize_image` and its statistics, shared by training and
   prediction;
 * :mod:`.sample` — :class:`Sample`;
-* :mod:`.sampler` — :class:`TileSampler`, random tiles for the overlap-tile strategy (Fig. 2).
+* :mod:`.sampler` — :class:`TileSampler`, random tiles for the overlap-tile strategy (Fig. 2),
+  2D and 3D;
+* :mod:`.volumes` — :func:`read_volume` (TIFF stack / zarr → voxels and voxel size);
+* :mod:`.datasets3d` — :func:`read_dataset_3d` (volume folders, Cell Tracking Challenge 3D with
+  full or slice annotations).
 """
 from __future__ import annotations
 
 from ..weights import IGNORE_INDEX
 from .datasets import list_images, read_dataset, read_pair
-from .labels import label_to_instances, read_label_image, read_labels
-from .normalize import (normalization_stats, normalize_image, sample_stats, subsample_step,
-                        to_channels_first)
+from .datasets3d import read_dataset_3d
+from .labels import label_to_instances, read_label_image, read_labels, volume_to_instances
+from .normalize import (normalization_stats, normalize_image, normalize_volume, sample_stats,
+                        subsample_step, to_channels_first)
 from .readers import IMAGE_SUFFIXES, MAX_PIXELS, check_size, read_image, read_stack
 from .sample import Sample
 from .sampler import TileSampler
+from .volumes import read_volume
 
 __all__ = [
     "MAX_PIXELS",
@@ -45,4 +51,8 @@ __all__ = [
     "read_label_image",
     "read_labels",
     "TileSampler",
+    "read_volume",
+    "read_dataset_3d",
+    "volume_to_instances",
+    "normalize_volume",
 ]

@@ -150,6 +150,14 @@ def _pair_folders(img_dir: Path, lab_dir: Path, channels: int | None,
     labels = _image_files(lab_dir)
     if not images:
         raise UnetlabError(f"{img_dir}: folder contains no images")
+    pairs = _match_by_stem(images, labels, img_dir, lab_dir)
+    return [read_pair(ip, lp, channels=channels, max_pixels=max_pixels) for ip, lp in pairs]
+
+
+def _match_by_stem(images: list[Path], labels: list[Path], img_dir: Path,
+                   lab_dir: Path) -> list[tuple[Path, Path]]:
+    """(image, label) pairs by file stem (a label stem may add _mask/_label/_seg/_gt); an
+    image without a label or a label without an image is an error naming the file."""
     by_stem: dict[str, Path] = {}
     by_key: dict[str, list[Path]] = {}
     for lp in labels:
@@ -179,7 +187,7 @@ def _pair_folders(img_dir: Path, lab_dir: Path, channels: int | None,
     extra = [lp for lp in labels if lp not in used]
     if extra:
         raise UnetlabError(f"{extra[0]}: label file has no image with the same name in {img_dir}")
-    return [read_pair(ip, lp, channels=channels, max_pixels=max_pixels) for ip, lp in pairs]
+    return pairs
 
 
 _IMAGE_DIRS = ("image", "images", "img", "imgs")

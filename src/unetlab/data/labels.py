@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import UnetlabError
 
-__all__ = ["label_to_instances", "read_label_image", "read_labels"]
+__all__ = ["label_to_instances", "volume_to_instances", "read_label_image", "read_labels"]
 
 #: Suffixes of lossy formats that cannot hold labels.
 _LOSSY_SUFFIXES = (".jpg", ".jpeg")
@@ -64,6 +64,25 @@ def label_to_instances(label: np.ndarray, path: str | os.PathLike | None = None)
         a = a[0]
     if a.ndim != 2:
         raise UnetlabError(f"{who}: label must be a 2D image, got shape {a.shape}")
+    return _instances(a, who)
+
+
+def volume_to_instances(label: np.ndarray, path: str | os.PathLike | None = None) -> np.ndarray:
+    """The same rule for a (Z, Y, X) label volume → int32 instances: values ⊆ {0, v} → the
+    face-connected (6-neighbour) components of the non-zero voxels, numbered 1..n; other
+    non-negative integer volumes keep their ids; the same refusals as
+    :func:`label_to_instances` (a (1, Z, Y, X) array loses its channel axis)."""
+    who = str(path) if path is not None else "label"
+    a = np.asarray(label)
+    if a.ndim == 4 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim != 3:
+        raise UnetlabError(f"{who}: label must be a (Z, Y, X) volume, got shape {a.shape}")
+    return _instances(a, who)
+
+
+def _instances(a: np.ndarray, who: str) -> np.ndarray:
+    """Checks and conversion shared by images and volumes (module docstring)."""
     if a.size == 0:
         raise UnetlabError(f"{who}: label has zero size (shape {a.shape})")
     if a.dtype == bool:

@@ -20,7 +20,7 @@ from ..errors import UnetlabError
 
 __all__ = [
     "to_channels_first", "subsample_step", "sample_stats", "normalization_stats",
-    "normalize_image",
+    "normalize_image", "normalize_volume",
 ]
 
 
@@ -133,6 +133,29 @@ def normalize_image(img: np.ndarray, channels: int | None = None,
     a = to_channels_first(img, channels)
     if stats is None:
         stats = normalization_stats(a)
+    return _apply_stats(a, stats)
+
+
+def normalize_volume(vol: np.ndarray, stats: np.ndarray | None = None) -> np.ndarray:
+    """:func:`normalize_image` for volumes: (Z, Y, X) or (C, Z, Y, X) of any real dtype →
+    (C, Z, Y, X) float32, each channel ``(x − lo)/(hi − lo)`` with the 1st / 99.8th percentiles
+    of the whole volume (a regular subsample ``[::s, ::s, ::s]`` above 2^22 voxels), or
+    ``stats`` (C, 2) given."""
+    a = np.asarray(vol)
+    if a.ndim == 3:
+        a = a[None]
+    if a.ndim != 4:
+        raise UnetlabError(f"volume must be (Z, Y, X) or (C, Z, Y, X), got shape {a.shape}")
+    if stats is None:
+        step = max(1, int(np.ceil((np.prod(a.shape[1:], dtype=np.float64)
+                                   / _SUBSAMPLE_LIMIT) ** (1 / 3))))
+        stats = sample_stats(a[:, ::step, ::step, ::step])
+    return _apply_stats(a, stats)
+
+
+def _apply_stats(a: np.ndarray, stats) -> np.ndarray:
+    """``(a[c] − lo_c)/(hi_c − lo_c)`` per channel in float64, clipped to the float32 range
+    (constant channels → 0); float32 of the shape of ``a`` (channels first)."""
     stats = np.asarray(stats, dtype=np.float64)
     if stats.shape != (a.shape[0], 2):
         raise ValueError(f"stats must have shape ({a.shape[0]}, 2), got {stats.shape}")

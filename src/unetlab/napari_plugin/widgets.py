@@ -2,8 +2,8 @@
 labels layer. Both run their work in a worker thread, show a progress bar and can be
 cancelled; results arrive as new layers.
 
-* :class:`PredictWidget` — model (a model file or a run folder), image layer,
-  8-fold test-time augmentation on/off, tile size (0 = automatic), precision; adds
+* :class:`PredictWidget` — model (a shipped model's name, a model file or a run folder),
+  image layer, 8-fold test-time augmentation on/off, tile size (0 = automatic), precision; adds
   ``<image> P(class k)`` (an image layer, float32 in [0, 1]) and ``<image> instances`` (a labels
   layer, watershed instances of P(cell), :func:`unetlab.postprocess.to_instances`).
 * :class:`TrainWidget` — image layer, labels layer (instances or a binary mask), time budget in
@@ -56,7 +56,8 @@ class _Progress(QObject):
 
 
 def resolve_model_path(text: str) -> str:
-    """A model file, or a run folder's ``best.pt`` (else its ``model.pt``)."""
+    """A model file, or a run folder's ``best.pt`` (else its ``model.pt``); other text (e.g.
+    a shipped model's name, which :func:`unetlab.load_model` resolves) is returned as is."""
     p = Path(text).expanduser()
     if p.is_dir():
         for name in ("best.pt", "model.pt"):
@@ -176,6 +177,9 @@ class PredictWidget(QWidget):
         _PREDICT_WIDGETS.add(self)
         self.model = QComboBox()
         self.model.setEditable(True)
+        from ..shipped import pretrained_models
+
+        self.model.addItems(sorted(pretrained_models()))     # the shipped models, by name
         browse = QPushButton("…")
         browse.clicked.connect(self._browse)
         row = QHBoxLayout()
@@ -282,12 +286,6 @@ class TrainWidget(QWidget):
                 w.model.setCurrentText(model_path)
 
 
-#: the training recipe of the widget: the demo's CPU recipe (width 16, depth 3, batch norm,
-#: Adam), which learns touching cells within minutes on a laptop CPU
-RECIPE = dict(width=16, depth=3, tile=252, norm="batch", optimizer="adam", lr=0.003,
-              momentum=0.9)
-
-
 def train_from_arrays(image: np.ndarray, labels: np.ndarray, out: str, minutes: float,
                       progress=None, **options) -> str:
     """Train on one image and its labels (instances or a binary mask, same (H, W); 0 =
@@ -296,13 +294,16 @@ def train_from_arrays(image: np.ndarray, labels: np.ndarray, out: str, minutes: 
 
     The pair is written as ``out/data/images/00.tif`` and ``out/data/labels/00.tif`` and the
     run goes to a new folder ``out/run-YYYYmmdd-HHMMSS`` (self-contained, never replacing an
-    earlier run). ``options`` override :data:`RECIPE` (any :class:`TrainConfig` field).
+    earlier run). The recipe is ``unetlab train``'s for this device
+    (:func:`unetlab.training.presets.recipe`, preset 'auto'); ``options`` override it (any
+    :class:`TrainConfig` field).
     ``progress``: a :class:`_Progress`-like object; cancelling it stops training after the
     current step, with a checkpoint saved (``unetlab train --resume`` continues it)."""
     import time
 
     from ..errors import UnetlabError
-    from ..training import TrainConfig, TrainingInterrupted, train
+    from ..training import TrainingInterrupted, train
+    from ..training.presets import recipe
     from ..writers import write_tiff
 
     image, labels = np.asarray(image), np.asarray(labels)
@@ -314,8 +315,8 @@ def train_from_arrays(image: np.ndarray, labels: np.ndarray, out: str, minutes: 
         (data / sub).mkdir(parents=True, exist_ok=True)
         write_tiff(data / sub / "00.tif", arr)
     run = Path(out) / time.strftime("run-%Y%m%d-%H%M%S")
-    config = TrainConfig(data=str(data), out=str(run), time=f"{minutes * 60:.0f}s",
-                         progress=False, **{**RECIPE, **options})
+    config = recipe("auto", **{"data": str(data), "out": str(run),
+                               "time": f"{minutes * 60:.0f}s", "progress": False, **options})
     started, budget = time.monotonic(), max(minutes * 60.0, 1.0)
 
     def tick(iteration: int, loss: float) -> None:

@@ -65,7 +65,7 @@ class TrainConfig:
     synthetic_seed: int = _opt(0, "seed of the generated images (validation uses seed + 1)")
     preset: str = _opt("paper", "starting values of the options not given: 'auto' (cpu on a "
                        "CPU, paper on a GPU), 'cpu' (learns within an hour on a CPU) or "
-                       "'paper' (Sec. 3 exactly); the command line's default is 'auto'")
+                       "'paper' (Sec. 3 exactly); TrainConfig() is 'paper'")
     # ---- network (unetlab.model.UNet)
     width: int = _opt(64, "channels of the first level (64 in the paper)")
     depth: int = _opt(4, "number of 2×2 max poolings (4 in the paper)")
@@ -111,8 +111,8 @@ class TrainConfig:
     precision: str = _opt("auto", "forward-pass precision: 'auto' (bf16 where the CPU/GPU "
                           "computes it natively, else fp32), 'fp32' or 'bf16'; weights and "
                           "loss stay fp32")
-    channels_last: bool = _opt(False, "channels_last memory format for training (NCHW was "
-                               "faster for the training step on CPU)")
+    channels_last: bool = _opt(False, "channels_last memory format for training (on a CPU "
+                               "the faster layout with bf16; NCHW is faster with fp32)")
     prefetch: int = _opt(2, "tiles prepared ahead by a background thread; 0 = in the loop")
     threads: int = _opt(0, "CPU threads for torch; 0 = measure the first steps with 1 thread "
                         "and with all cores and keep the faster")
@@ -307,6 +307,8 @@ def resolve_config(flags: dict[str, Any], config_file: str | None = None,
         pick = {k: given.get(k, "auto") for k in ("preset", "device", "precision")}
         cfg = config_from_mapping({k: pick[k] for k in ("device", "precision")}).check()
         cfg = apply_preset(TrainConfig(), pick["preset"], cfg.device, cfg.precision)[0]
+        if "iterations" in given and "time" not in given:
+            cfg.time = ""           # an explicit number of steps replaces the preset's budget
     if config_file:
         cfg = load_config(config_file, cfg)
     return config_from_mapping(flags, cfg, where="command line").check()
