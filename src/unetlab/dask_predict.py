@@ -2,7 +2,8 @@
 overlap-tile strategy — run as ``dask.array.map_overlap``)::
 
     predict_dask(model, array, tile_size=None, tta=False, *, chunk=None, normalize=True,
-                 batch_size=1, device=None) -> dask.array.Array   # (K, H, W) or (S, K, H, W)
+                 batch_size=1, device=None) -> dask.array.Array
+                 # (K, H, W), (S, K, H, W), or (K, Z, Y, X) for a 3D network
     predict_to_zarr(model, source, out, *, tile_size=None, tta=False, chunk=None,
                     normalize=True, overwrite=False, batch_size=1, device=None,
                     client=None, progress=False, torch_threads=None) -> dict   # resumable
@@ -28,16 +29,26 @@ the (possibly flipped/transposed) whole image, exactly as :func:`predict_tiled` 
 every output pixel sees the same pixels through the same pooling grid. The lattice of a flipped
 image is anchored at the opposite border, which is why the halo carries one extra lattice step.
 
+Volumes. With a 3D network (``spatial_dims=3``) the input is one volume (Z, Y, X) or
+(C, Z, Y, X) (or a TIFF/zarr path whose slices are z), cut into 3D chunks of ``chunk`` voxels
+per axis (default 128), each read with the halo ``margin + lattice`` of its own axis (so a
+``pooling=(1, 2, 2)`` network carries a thinner z halo), normalised per channel with the
+percentiles of the whole volume (:func:`unetlab.sources.volume_stats`) and computed by the same
+engine: the result equals ``predict_tiled`` on the volume (≤ 1e-5), and memory per task is one
+chunk's working set however large the volume (``benchmarks/bench_predict3d.py``).
+
 Model once per worker. The model's bytes (the ``checkpoint`` model-file format) enter the task
 graph once, as one key that every chunk task depends on; each worker process rebuilds the
 network the first time it sees that key and keeps it in a small per-process cache
 (:data:`_MODEL_CACHE`), so the network is neither pickled into every task nor rebuilt per chunk.
 
-Output layout (``predict_to_zarr``)::
+Output layout (``predict_to_zarr``; written by :mod:`unetlab.zarr_output`)::
 
     OUT.zarr/                      zarr group, attrs["unetlab"] = {... "complete": bool}
-      probabilities                float32 (K, H, W) or (S, K, H, W), one zarr chunk per task
-      chunk_done                   uint8 grid (nby, nbx) or (S, nby, nbx), 1 = chunk written
+      probabilities                float32 (K, H, W), (S, K, H, W) or (K, Z, Y, X), one zarr
+                                   chunk per task
+      chunk_done                   uint8 grid (nby, nbx), (S, nby, nbx) or (nbz, nby, nbx),
+                                   1 = chunk written
 
 A chunk is written, then its ``chunk_done`` cell (its own zarr chunk: no two tasks write the same
 key); ``attrs["unetlab"]["complete"] = True`` is written last. A re-run skips the chunks whose
@@ -64,11 +75,14 @@ import numpy as np
 
 from .errors import UnetlabError
 from .sources import _first_line
+from .zarr_output import missing_chunks, open_or_create_group, store_block
 
 __all__ = ["predict_dask", "predict_to_zarr", "run_dask_predict", "lazy_normalization_stats",
            "model_load_counts"]
 
 _DEFAULT_CHUNK = 1024
+#: Default output chunk side of volumes (voxels): 2 classes × 128³ float32 = 16 MiB per chunk.
+_DEFAULT_CHUNK_3D = 128
 
 
 # ======================================================================= model, once per worker
@@ -124,8 +138,9 @@ def _get_model(payload: _ModelPayload, device: str | None):
             return net
         obj = torch.load(io.BytesIO(payload.blob), map_location="cpu", weights_only=True)
         net = model_from_state(obj, "<model>").eval().to(dev)
-        if torch.device(dev).type == "cpu":       # oneDNN is faster channels-last (as predict.py)
-            net = net.to(memory_format=torch.channels_last)
+        if torch.device(dev).type == "cpu":       # oneDNN is faster channels-last (engine.py)
+            net = net.to(memory_format=torch.channels_last_3d if net.spatial_dims == 3 else
+                         torch.channels_last)
         _MODEL_LOADS[payload.key] += 1
         _MODEL_CACHE[ck] = net
         while len(_MODEL_CACHE) > _MODEL_CACHE_SIZE:
@@ -156,13 +171,14 @@ def _normalize_block(block: np.ndarray, stats: np.ndarray, block_info=None) -> n
     return np.stack([normalize_block(b, stats[s0 + i]) for i, b in enumerate(block)])
 
 
-def _chunk_task(block: np.ndarray, *, payload: _ModelPayload, halo: int,
-                image_shape: tuple[int, int], ychunks: tuple, xchunks: tuple, tile_size,
-                tta: bool, batch_size: int, device: str | None, num_classes: int,
-                precision: str = "fp32", torch_threads: int | None = None,
+def _chunk_task(block: np.ndarray, *, payload: _ModelPayload, halo, image_shape: tuple,
+                chunk_grid: tuple, tile_size, tta, batch_size: int, device: str | None,
+                num_classes: int, precision: str = "fp32", torch_threads: int | None = None,
                 block_info=None) -> np.ndarray:
-    """One ``map_overlap`` task: (S_b, C, h + 2·halo, w + 2·halo) → (S_b, K, h, w) float32,
-    computed by the tiled-inference engine on the chunk's output rectangle."""
+    """One ``map_overlap`` task, computed by the tiled-inference engine on the chunk's output
+    rectangle: (S_b, C, h + 2·halo, w + 2·halo) → (S_b, K, h, w) float32 for images and
+    stacks; (C, *(size + 2·halo)) → (K, *size) for a volume (``image_shape`` (Z, Y, X),
+    ``halo`` one per axis). ``chunk_grid``: the output chunk sizes along each spatial axis."""
     import torch
 
     from .engine import TileEngine, make_runner
@@ -171,29 +187,33 @@ def _chunk_task(block: np.ndarray, *, payload: _ModelPayload, halo: int,
     if torch_threads and torch.get_num_threads() != int(torch_threads):
         torch.set_num_threads(int(torch_threads))
     net = _get_model(payload, device)
-    iy, ix = block_info[None]["chunk-location"][-2:]
-    y0, x0 = int(sum(ychunks[:iy])), int(sum(xchunks[:ix]))
-    h, w = int(ychunks[iy]), int(xchunks[ix])
-    fy, fx = y0 - halo, x0 - halo
-    out = np.zeros((block.shape[0], num_classes, h, w), dtype=np.float32)
+    dims = len(image_shape)
+    halos = (halo,) * dims if isinstance(halo, (int, np.integer)) else tuple(halo)
+    loc = block_info[None]["chunk-location"][-dims:]
+    starts = tuple(int(sum(ch[:i])) for ch, i in zip(chunk_grid, loc))
+    sizes = tuple(int(ch[i]) for ch, i in zip(chunk_grid, loc))
+    frame0 = tuple(s - h for s, h in zip(starts, halos))
+    volume = dims == 3
+    frames = [block] if volume else list(block)
+    out = np.zeros((len(frames), num_classes) + sizes, dtype=np.float32)
     runner = make_runner(net, device, precision=precision, tile_pixels=0,
                          channels_last=next(net.parameters()).device.type == "cpu")
     engine = TileEngine(runner, TileGeometry.from_net(net), tta=tta, batch_size=batch_size,
                         tile_size=tile_size)
+    rect = tuple(v for s, n in zip(starts, sizes) for v in (s, s + n))
     with runner, torch.inference_mode():
-        for s in range(block.shape[0]):
-            frame = np.array(block[s], dtype=np.float32)
+        for i, frame in enumerate(frames):
+            frame = np.array(frame, dtype=np.float32)
 
-            def read(rect, frame=frame):
-                a, b, c, d = rect[0] - fy, rect[1] - fy, rect[2] - fx, rect[3] - fx
-                if a < 0 or c < 0 or b > frame.shape[-2] or d > frame.shape[-1]:
+            def read(r, frame=frame):
+                box = tuple(slice(r[2 * a] - f, r[2 * a + 1] - f) for a, f in enumerate(frame0))
+                if any(b.start < 0 or b.stop > n for b, n in zip(box, frame.shape[1:])):
                     # pragma: no cover - the halo covers every tile's input
                     raise AssertionError("tile reaches outside the chunk's halo")
-                return frame[:, a:b, c:d]
+                return frame[(slice(None),) + box]
 
-            engine.predict_region(read, image_shape, (y0, y0 + h, x0, x0 + w), out[s],
-                                  origin=(y0, x0))
-    return out
+            engine.predict_region(read, image_shape, rect, out[i], origin=starts)
+    return out[0] if volume else out
 
 
 def _reflect_pad_axis(x, axis: int, before: int, after: int):
@@ -213,8 +233,8 @@ def _reflect_pad_axis(x, axis: int, before: int, after: int):
     return da.concatenate(parts, axis=axis) if len(parts) > 1 else x
 
 
-def _chunk_size(chunk, geom, halo: int) -> int:
-    L = geom.lattice
+def _chunk_size(chunk, geom, halo: int, axis: int = -1) -> int:
+    L = geom.lattices[axis]
     k = _DEFAULT_CHUNK if chunk is None else int(chunk)
     if k < 1:
         raise UnetlabError(f"chunk: must be a positive number of pixels, got {chunk}")
@@ -227,11 +247,10 @@ def _axis_chunks(n: int, k: int) -> tuple[int, ...]:
     return (k,) * full + ((rem,) if rem else ())
 
 
-def _open_canonical(model, array, normalize):
-    """(payload, net, source (S, C, H, W), stats or None, description) for ``array``."""
+def _open_canonical(payload, net, array, normalize):
+    """(payload, net, source (S, C, H, W), stats or None) for ``array``."""
     from .sources import open_image, source_stats
 
-    payload, net = _model_payload(model)
     src = open_image(array, int(net.in_channels))
     S, C = src.shape[:2]
     if src.shape[1] != int(net.in_channels):
@@ -255,35 +274,39 @@ def _padded_input(src, stats, k: int, halo: int):
     chunk is one output chunk of ``k`` pixels plus its halo at the image border."""
     S, C, H, W = src.shape
     ych, xch = _axis_chunks(H, k), _axis_chunks(W, k)
-    name = None
-    if src.path:
-        st = Path(src.path).stat().st_mtime_ns
-        name = f"src-{hashlib.sha256(src.path.encode()).hexdigest()[:12]}-{st}"
-    x = src.to_dask((1, C, ych, xch), name=name).rechunk((1, C, ych, xch))
+    x = src.to_dask((1, C, ych, xch), name=_source_name(src)).rechunk((1, C, ych, xch))
     if stats is not None:
         x = x.map_blocks(_normalize_block, stats, dtype=np.float32)
     else:
         x = x.astype(np.float32)
     # mirror padding by `halo` on every side (numpy "reflect"), chunks (halo+k0, k.., k_last+halo)
     x = _reflect_pad_axis(_reflect_pad_axis(x, 2, halo, halo), 3, halo, halo)
+    return x.rechunk((1, C, _padded_chunks(ych, halo), _padded_chunks(xch, halo))), ych, xch
 
-    def padded(ch):
-        return (ch[0] + halo,) + tuple(ch[1:-1]) + (ch[-1] + halo,) if len(ch) > 1 else \
-            (ch[0] + 2 * halo,)
 
-    return x.rechunk((1, C, padded(ych), padded(xch))), ych, xch
+def _source_name(src) -> str | None:
+    """A dask name for a file source that changes when the file does (None for arrays)."""
+    if not src.path:
+        return None
+    st = Path(src.path).stat().st_mtime_ns
+    return f"src-{hashlib.sha256(src.path.encode()).hexdigest()[:12]}-{st}"
 
 
 def _prepare(model, array, tile_size, tta, chunk, normalize, batch_size, device,
              torch_threads=None, precision="fp32"):
-    """Build the lazy prediction; returns (pred (S,K,H,W), is_stack, payload, net, meta)."""
+    """Build the lazy prediction; returns (pred (S, K, H, W) or (K, Z, Y, X), layout ("image",
+    "stack" or "volume"), payload, net, meta)."""
     import dask
     import dask.array as da
 
     from .predict import _tile_request
     from .tiling import TileGeometry
 
-    payload, net, src, stats = _open_canonical(model, array, normalize)
+    payload, net = _model_payload(model)
+    if int(getattr(net, "spatial_dims", 2)) == 3:
+        return _prepare_volume(payload, net, array, tile_size, tta, chunk, normalize,
+                               batch_size, device, torch_threads, precision)
+    payload, net, src, stats = _open_canonical(payload, net, array, normalize)
     S, C, H, W = src.shape
     geom = TileGeometry.from_net(net)
     halo = geom.margin + geom.lattice
@@ -296,7 +319,7 @@ def _prepare(model, array, tile_size, tta, chunk, normalize, batch_size, device,
         _chunk_task, x, depth={0: 0, 1: 0, 2: halo, 3: halo}, boundary="none", trim=False,
         chunks=((1,) * S, (K,), ych, xch), dtype=np.float32,
         meta=np.empty((0, 0, 0, 0), np.float32),
-        payload=blob, halo=halo, image_shape=(H, W), ychunks=ych, xchunks=xch,
+        payload=blob, halo=halo, image_shape=(H, W), chunk_grid=(ych, xch),
         tile_size=tile, tta=bool(tta), batch_size=int(batch_size), device=device,
         num_classes=K, precision=precision, torch_threads=torch_threads)
     meta = {"model": payload.key, "input": src.description, "shape": [S, C, H, W],
@@ -304,13 +327,80 @@ def _prepare(model, array, tile_size, tta, chunk, normalize, batch_size, device,
             "tta": bool(tta), "num_classes": K, "precision": precision,
             "normalize": ("percentiles" if normalize is True else
                           "none" if stats is None else np.round(stats, 12).tolist())}
-    return pred, src.stack, payload, net, meta
+    return pred, "stack" if src.stack else "image", payload, net, meta
+
+
+def _prepare_volume(payload, net, array, tile_size, tta, chunk, normalize, batch_size,
+                    device, torch_threads=None, precision="fp32"):
+    """:func:`_prepare` for a 3D network: one volume (C, Z, Y, X) in chunks of ``chunk``
+    voxels per axis (int or (z, y, x); default 128), each read with a halo of ``margin +
+    lattice`` of its axis → pred (K, Z, Y, X)."""
+    import dask
+    import dask.array as da
+
+    from .predict import _tile_request
+    from .sources import open_image, volume_source, volume_stats
+    from .tiling import TileGeometry
+
+    cin = int(net.in_channels)
+    src = open_image(array, cin) if isinstance(array, (str, os.PathLike)) else \
+        volume_source(array, cin)
+    Z, C, Y, X = src.shape
+    if C != cin:
+        raise UnetlabError(f"{src.path or 'input volume'}: has {C} channel(s), the network "
+                           f"expects {cin}")
+    stats = volume_stats(src) if normalize is True else None if normalize in (False, None) \
+        else np.asarray(normalize, dtype=np.float64).reshape(C, 2)
+    geom = TileGeometry.from_net(net)
+    halos = tuple(m + L for m, L in zip(geom.margins, geom.lattices))
+    req = _DEFAULT_CHUNK_3D if chunk is None else chunk
+    ks = tuple(_chunk_size(c, geom, h, a) for a, (c, h) in
+               enumerate(zip((req,) * 3 if isinstance(req, (int, np.integer)) else req, halos)))
+    grid = tuple(_axis_chunks(n, k) for n, k in zip((Z, Y, X), ks))
+    x = src.to_dask((grid[0], C, grid[1], grid[2]), name=_source_name(src))
+    x = x.rechunk((grid[0], C, grid[1], grid[2])).transpose(1, 0, 2, 3)
+    x = x.map_blocks(_normalize_volume, stats, dtype=np.float32)
+    for a, h in enumerate(halos):
+        x = _reflect_pad_axis(x, a + 1, h, h)
+    x = x.rechunk((C,) + tuple(_padded_chunks(ch, h) for ch, h in zip(grid, halos)))
+    tile = None if tile_size is None else _tile_request(geom, tile_size, (Z, Y, X), 1, None)
+    K = int(net.num_classes)
+    blob = dask.delayed(payload, pure=True, name=f"unetlab-model-{payload.key}")
+    pred = da.map_overlap(
+        _chunk_task, x, depth={0: 0, 1: halos[0], 2: halos[1], 3: halos[2]}, boundary="none",
+        trim=False, chunks=((K,),) + grid, dtype=np.float32,
+        meta=np.empty((0, 0, 0, 0), np.float32), payload=blob, halo=halos,
+        image_shape=(Z, Y, X), chunk_grid=grid, tile_size=tile, tta=tta,
+        batch_size=int(batch_size), device=device, num_classes=K, precision=precision,
+        torch_threads=torch_threads)
+    meta = {"model": payload.key, "input": src.description, "shape": [C, Z, Y, X],
+            "volume": True, "chunk": list(ks), "tile": None if tile is None else list(tile),
+            "tta": tta if isinstance(tta, bool) else int(tta), "num_classes": K,
+            "precision": precision,
+            "normalize": ("percentiles" if normalize is True else "none" if stats is None
+                          else np.round(stats, 12).tolist())}
+    return pred, "volume", payload, net, meta
+
+
+def _normalize_volume(block: np.ndarray, stats) -> np.ndarray:
+    """A (C, z, y, x) block normalised per channel with ``stats`` (C, 2), or as float32."""
+    from .sources import normalize_block
+
+    return np.asarray(block, np.float32) if stats is None else normalize_block(block, stats)
+
+
+def _padded_chunks(ch: tuple[int, ...], halo: int) -> tuple[int, ...]:
+    """Chunks of an axis mirror-padded by ``halo``: the padding joins the first/last chunk."""
+    if len(ch) == 1:
+        return (ch[0] + 2 * halo,)
+    return (ch[0] + halo,) + tuple(ch[1:-1]) + (ch[-1] + halo,)
 
 
 def predict_dask(model, array, tile_size=None, tta: bool = False, *, chunk: int | None = None,
                  normalize=True, batch_size: int = 1, device: str | None = None,
                  precision: str = "fp32"):
-    """Lazy overlap-tile prediction of a large image or stack as a ``dask.array.Array``.
+    """Lazy overlap-tile prediction of a large image, stack or volume as a
+    ``dask.array.Array``.
 
     Parameters
     ----------
@@ -319,112 +409,36 @@ def predict_dask(model, array, tile_size=None, tta: bool = False, *, chunk: int 
     array : array or source
         (H, W) or (C, H, W) image, (S, H, W) or (S, C, H, W) stack (numpy, dask or zarr array),
         or a path to a zarr array, an OME-Zarr group (multiscale level 0) or a TIFF file (read
-        lazily). A 3-D array is a stack when the network has one input channel.
-    tile_size : int or (h, w) or None
+        lazily). A 3-D array is a stack when the network has one input channel. For a 3D
+        network: one volume (Z, Y, X) or (C, Z, Y, X), or such a path.
+    tile_size : int, (h, w), (d, h, w) or None
         Input tile size inside a chunk, as in :func:`predict.predict_tiled` (None: the largest
         tile that fits the default memory budget).
-    tta : bool
-        Average the 8 dihedral transforms (Sec. 3.1 rotations/flips), as ``predict_tiled``.
-    chunk : int or None
-        Output chunk side in pixels (default 1024), rounded up to a multiple of the lattice
-        2^depth and to at least the halo; one Dask task per (slice, chunk).
+    tta : bool or int
+        Average the 8 dihedral transforms (Sec. 3.1 rotations/flips), as ``predict_tiled``
+        (volumes: 16 or 48).
+    chunk : int, (z, y, x) or None
+        Output chunk side in pixels (default 1024; volumes 128 per axis), rounded up to a
+        multiple of the lattice and to at least the halo; one Dask task per (slice, chunk).
     normalize : True, False or stats
         True: each slice is normalised as ``predict_tiled`` does (percentiles of the same
-        subsample); False: the array is used as it is; or an explicit (S, C, 2) / (C, 2) array
-        of (low, high).
+        subsample; a volume over the whole volume); False: the array is used as it is; or an
+        explicit (S, C, 2) / (C, 2) array of (low, high).
     precision : "fp32", "bf16" or "auto"
         Arithmetic of the forward pass, as in ``predict_tiled``.
 
     Returns
     -------
-    dask.array.Array, float32, (K, H, W) for an image or (S, K, H, W) for a stack: soft-max
-    probabilities (Sec. 3, Eq. 1), chunks (K, chunk, chunk) / (1, K, chunk, chunk).
+    dask.array.Array, float32, (K, H, W) for an image, (S, K, H, W) for a stack, (K, Z, Y, X)
+    for a volume: soft-max probabilities (Sec. 3, Eq. 1), chunks (K, chunk, chunk) /
+    (1, K, chunk, chunk) / (K, kz, ky, kx).
     """
-    pred, stack, *_ = _prepare(model, array, tile_size, tta, chunk, normalize, batch_size, device,
-                               precision=precision)
-    return pred if stack else pred[0]
+    pred, layout, *_ = _prepare(model, array, tile_size, tta, chunk, normalize, batch_size,
+                                device, precision=precision)
+    return pred[0] if layout == "image" else pred
 
 
 # ======================================================================= zarr output, resumable
-def _open_out_array(out: str, name: str):
-    import zarr
-
-    return zarr.open_array(f"{out}/{name}", mode="r+")
-
-
-def _store_block(block: np.ndarray, out: str, index: tuple[int, ...], stack: bool,
-                 chunks: tuple[int, int]) -> tuple[int, ...]:
-    """Write one predicted chunk (1, K, h, w) and then its done marker; returns its index."""
-    s, iy, ix = index
-    k0, k1 = chunks
-    h, w = block.shape[-2:]
-    probs = _open_out_array(out, "probabilities")
-    done = _open_out_array(out, "chunk_done")
-    ys, xs = slice(iy * k0, iy * k0 + h), slice(ix * k1, ix * k1 + w)
-    if stack:
-        probs[s:s + 1, :, ys, xs] = block
-        done[s, iy, ix] = 1
-    else:
-        probs[:, ys, xs] = block[0]
-        done[iy, ix] = 1
-    return index
-
-
-def _chunk_exists(arr, coords: tuple[int, ...]) -> bool:
-    from zarr.core.sync import sync
-
-    key = arr.metadata.encode_chunk_key(tuple(int(c) for c in coords))
-    sp = arr.store_path
-    full = f"{sp.path}/{key}" if sp.path else key
-    return bool(sync(sp.store.exists(full)))
-
-
-def _open_or_create_group(out: str, sig: dict, overwrite: bool, shape, chunks, grid,
-                          stack: bool):
-    """(group, complete): the zarr group of an earlier run with the same signature ``sig``
-    (``complete`` True when it finished), else a new empty one. Another run's output, or a
-    folder that is not a prediction, is refused unless ``overwrite``."""
-    import zarr
-
-    if Path(out).exists():
-        try:
-            group = zarr.open_group(out, mode="r+")
-            old = dict(group.attrs).get("unetlab")
-        except Exception:  # noqa: BLE001
-            old = None
-        if old is None and not overwrite:
-            raise UnetlabError(f"{out}: exists and is not a unetlab prediction; choose another "
-                               "--out or pass --overwrite")
-        same = old is not None and {k: v for k, v in old.items() if k != "complete"} == sig
-        if old is not None and not same and not overwrite:
-            raise UnetlabError(f"{out}: holds a prediction from another model, input or "
-                               "options; choose another --out or pass --overwrite")
-        if same:
-            return group, bool(old.get("complete"))
-    group = zarr.open_group(out, mode="w")
-    group.attrs["unetlab"] = {**sig, "complete": False}
-    group.create_array("probabilities", shape=shape, chunks=chunks, dtype="float32",
-                       fill_value=np.float32(np.nan), config={"write_empty_chunks": True},
-                       dimension_names=(["slice"] if stack else []) + ["class", "y", "x"])
-    group.create_array("chunk_done", shape=grid, chunks=(1,) * len(grid), dtype="uint8",
-                       fill_value=0, config={"write_empty_chunks": True})
-    return group, False
-
-
-def _missing_chunks(group, grid, stack: bool) -> list[tuple[int, int, int]]:
-    """(s, iy, ix) of the chunks whose marker is unset or whose data chunk is absent."""
-    probs = group["probabilities"]
-    done = np.asarray(group["chunk_done"][...]).reshape(grid)
-    missing = []
-    for idx in np.ndindex(*grid):
-        s, iy, ix = idx if stack else (0,) + idx
-        zc = (s, 0, iy, ix) if stack else (0, iy, ix)
-        if done[idx] == 1 and _chunk_exists(probs, zc):
-            continue
-        missing.append((s, iy, ix))
-    return missing
-
-
 def _compute(tasks: list, client, progress: bool) -> list:
     """Run the delayed ``tasks`` on ``client`` (or the current scheduler), with a progress
     bar when asked; cancels the client's futures on any interruption."""
@@ -464,29 +478,36 @@ def predict_to_zarr(model, source, out, *, tile_size=None, tta: bool = False,
     with another model/input/options raises :class:`UnetlabError` unless ``overwrite``.
 
     ``client``: a ``dask.distributed.Client`` (else the current Dask scheduler). Returns
-    ``{"path", "computed": [(s, iy, ix), ...], "skipped": int, "total": int}``.
+    ``{"path", "computed": [(s, iy, ix) or (iz, iy, ix) for volumes, ...], "skipped": int,
+    "total": int}``.
     """
     import dask
 
     out = str(out)
-    pred, stack, payload, net, meta = _prepare(model, source, tile_size, tta, chunk, normalize,
-                                               batch_size, device, torch_threads, precision)
-    S, C, H, W = meta["shape"]
+    pred, layout, payload, net, meta = _prepare(model, source, tile_size, tta, chunk,
+                                                normalize, batch_size, device, torch_threads,
+                                                precision)
     K, k = meta["num_classes"], meta["chunk"]
-    nby, nbx = len(pred.chunks[2]), len(pred.chunks[3])
-    grid = (S, nby, nbx) if stack else (nby, nbx)
+    if layout == "volume":
+        grid = tuple(len(c) for c in pred.chunks[1:])
+        shape, chunks, ks = tuple(pred.shape), (K,) + tuple(k), tuple(k)
+    else:
+        S, C, H, W = meta["shape"]
+        nby, nbx = len(pred.chunks[2]), len(pred.chunks[3])
+        stack = layout == "stack"
+        grid = (S, nby, nbx) if stack else (nby, nbx)
+        shape, chunks = ((S, K, H, W), (1, K, k, k)) if stack else ((K, H, W), (K, k, k))
+        ks = (k, k)
     sig = dict(json.loads(json.dumps(meta)), format="unetlab-probabilities", version=1)
-    group, complete = _open_or_create_group(
-        out, sig, overwrite, (S, K, H, W) if stack else (K, H, W),
-        (1, K, k, k) if stack else (K, k, k), grid, stack)
+    group, complete = open_or_create_group(out, sig, overwrite, shape, chunks, grid, layout)
     total = int(np.prod(grid))
     if complete:
         return {"path": out, "computed": [], "skipped": total, "total": total}
-    missing = _missing_chunks(group, grid, stack)
-    blocks = pred.to_delayed(optimize_graph=True)      # (S, 1, nby, nbx)
-    store = dask.delayed(_store_block, pure=False)
-    computed = _compute([store(blocks[s, 0, iy, ix], out, (s, iy, ix), stack, (k, k))
-                         for s, iy, ix in missing], client, progress)
+    missing = missing_chunks(group, grid, layout)
+    blocks = pred.to_delayed(optimize_graph=True)   # (S, 1, nby, nbx) or (1, nbz, nby, nbx)
+    store = dask.delayed(store_block, pure=False)
+    computed = _compute([store(blocks[(0,) + i if layout == "volume" else (i[0], 0) + i[1:]],
+                               out, i, layout, ks) for i in missing], client, progress)
     attrs = dict(group.attrs)["unetlab"]
     attrs["complete"] = True
     group.attrs["unetlab"] = attrs                       # written last

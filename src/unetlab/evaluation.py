@@ -16,6 +16,15 @@ set and optionally writes ``metrics.json``, ``metrics.csv`` and pictures. The me
 Label images (GT, and PRED for cells/instances) are read by the one label rule of
 :func:`unetlab.data.label_to_instances`; a float PRED with fractional values is P(cell) and its
 4-connected regions > 0.5 become the objects.
+
+Volumes (``volume=True``, ``unetlab evaluate --volume``): each file is ONE label volume
+(Z, Y, X) — e.g. what ``unetlab predict --instances`` writes for a 3D model — and the cells
+and instances metrics score 3D objects (:func:`unetlab.metrics.seg` / ``matching`` with
+``volume=True``) instead of one 2D frame per slice. The label rule is the same in 3D
+(:func:`unetlab.data.volume_to_instances` via :func:`read_volume_instances`: a binary mask
+becomes its 6-connected components, other integer volumes are instance ids; a float P(cell)
+its 6-connected regions > 0.5). A 4-D PRED (K, Z, Y, X) needs ``channel``. The ISBI metrics
+are 2D only.
 """
 from __future__ import annotations
 
@@ -33,7 +42,8 @@ import numpy as np
 from .errors import UnetlabError
 
 __all__ = ["evaluate", "load_pairs", "Pair", "to_probability", "read_instances", "evaluate_isbi",
-           "evaluate_cells", "evaluate_instances", "error_picture", "METRIC_SETS"]
+           "evaluate_cells", "evaluate_instances", "error_picture", "METRIC_SETS",
+           "read_volume_instances"]
 
 #: The metric sets :func:`evaluate` knows.
 METRIC_SETS = ("isbi", "cells", "instances")
@@ -44,7 +54,8 @@ _OVERLAY = re.compile(r"_overlay(_z\d+)?$", re.IGNORECASE)
 
 
 class Pair(NamedTuple):
-    """One scored slice: its name, the raw PRED and GT arrays (H, W) and their files."""
+    """One scored slice (or volume): its name, the raw PRED and GT arrays (H, W) (or
+    (Z, Y, X)) and their files."""
 
     name: str
     pred: np.ndarray
@@ -56,7 +67,7 @@ class Pair(NamedTuple):
 def evaluate(pred: str | os.PathLike, gt: str | os.PathLike, metrics: str = "isbi",
              out: str | os.PathLike | None = None, *, invert: bool = False,
              channel: int | None = None, radius: int = 20, thinning: bool = False,
-             pictures: bool = True, overwrite: bool = False) -> dict:
+             pictures: bool = True, overwrite: bool = False, volume: bool = False) -> dict:
     """Score PRED against GT with one metric set (``"isbi"``, ``"cells"``, ``"instances"``).
 
     ``channel`` picks class C of (K, H, W) / (S, K, H, W) class probabilities; ``radius`` and
@@ -64,15 +75,19 @@ def evaluate(pred: str | os.PathLike, gt: str | os.PathLike, metrics: str = "isb
     ``metrics.json``, ``metrics.csv`` and (isbi, ``pictures``) ``slice_NAME.png``; an output
     that is an input is refused, an existing one needs ``overwrite``. Ground-truth images
     without a prediction are left out and listed in ``result["missing_predictions"]``.
+    ``volume``: each file is one label volume scored in 3D (cells/instances; module docstring).
     Returns the result dict that ``metrics.json`` holds. Raises :class:`UnetlabError`.
     """
     if metrics not in METRIC_SETS:
         raise UnetlabError(f"metrics: unknown metric set {metrics!r} (choose from "
                            f"{', '.join(METRIC_SETS)})")
+    if volume and metrics == "isbi":
+        raise UnetlabError("--volume: the ISBI 2012 metrics are 2D (slice by slice); use "
+                           "--metrics cells or instances for label volumes")
     if metrics == "isbi" and radius < 1:
         raise UnetlabError(f"--radius must be ≥ 1, got {radius}")
     prefer = ("_prob",) if metrics == "isbi" else ("_labels", "_label")
-    pairs, missing = load_pairs(pred, gt, channel, prefer=prefer)
+    pairs, missing = load_pairs(pred, gt, channel, prefer=prefer, volume=volume)
     names = [f"slice_{_safe_name(p.name)}.png" for p in pairs]
     want_pictures = metrics == "isbi" and pictures and out is not None
     if out is not None:
@@ -83,12 +98,14 @@ def evaluate(pred: str | os.PathLike, gt: str | os.PathLike, metrics: str = "isb
     if metrics == "isbi":
         result, drawn = evaluate_isbi(pairs, invert, radius, thinning, want_pictures)
     elif metrics == "cells":
-        result, drawn = evaluate_cells(pairs), []
+        result, drawn = evaluate_cells(pairs, volume), []
     else:
-        result, drawn = evaluate_instances(pairs), []
+        result, drawn = evaluate_instances(pairs, volume), []
     result = {"metrics": result.pop("metrics"), "pred": str(pred), "gt": str(gt), **result}
     if missing:
         result["missing_predictions"] = missing
+    if volume:
+        result["volume"] = True
     if out is not None:
         _write_results(Path(out), result, dict(zip(names, drawn)))
     return result
@@ -113,11 +130,15 @@ def _key(path: Path) -> str:
     return low
 
 
-def _select_channel(a: np.ndarray, channel: int | None, path: Path) -> np.ndarray:
-    """Pick class ``channel`` from (K, H, W) or (S, K, H, W)."""
+def _select_channel(a: np.ndarray, channel: int | None, path: Path,
+                    volume: bool = False) -> np.ndarray:
+    """Pick class ``channel`` from (K, H, W) or (S, K, H, W) — or (K, Z, Y, X) volumes."""
     if channel is None:
         return a
-    axis = 1 if a.ndim == 4 else 0
+    if volume and a.ndim != 4:
+        raise UnetlabError(f"--channel {channel}: {path} has shape {a.shape}, expected class "
+                           "probabilities (K, Z, Y, X)")
+    axis = 1 if a.ndim == 4 and not volume else 0
     if a.ndim not in (3, 4):
         raise UnetlabError(f"--channel {channel}: {path} has shape {a.shape}, expected class "
                            "probabilities (K, H, W) or (S, K, H, W)")
@@ -148,10 +169,10 @@ def _preferred(a: Path, b: Path, prefer: tuple[str, ...]) -> Path | None:
     return None
 
 
-def _read_pred(path: Path, channel: int | None) -> np.ndarray:
+def _read_pred(path: Path, channel: int | None, volume: bool = False) -> np.ndarray:
     from .data import read_image
 
-    return _select_channel(np.asarray(read_image(path)), channel, path)
+    return _select_channel(np.asarray(read_image(path)), channel, path, volume)
 
 
 def _read_gt(path: Path) -> np.ndarray:
@@ -180,7 +201,12 @@ def _by_key(folder: Path, what: str, prefer: tuple[str, ...] | None) -> dict[str
     return found
 
 
-def _file_pairs(pred: Path, gt: Path, channel: int | None) -> list[Pair]:
+def _file_pairs(pred: Path, gt: Path, channel: int | None, volume: bool = False) -> list[Pair]:
+    if volume:
+        pa, ga = _read_pred(pred, channel, True), _read_gt(gt)
+        _check_volume(pa, pred)
+        _check_volume(ga, gt)
+        return [Pair(pred.stem, pa, ga, pred, gt)]
     ps = _as_slices(_read_pred(pred, channel), pred)
     gs = _as_slices(_read_gt(gt), gt)
     if len(ps) != len(gs):
@@ -189,8 +215,15 @@ def _file_pairs(pred: Path, gt: Path, channel: int | None) -> list[Pair]:
             for i, (p, g) in enumerate(zip(ps, gs))]
 
 
+def _check_volume(a: np.ndarray, path: Path) -> None:
+    if a.ndim != 3:
+        hint = " (class probabilities? pick one with --channel C)" if a.ndim == 4 else ""
+        raise UnetlabError(f"{path}: expected a label volume (Z, Y, X), got shape {a.shape}"
+                           + hint)
+
+
 def _folder_pairs(pred: Path, gt: Path, channel: int | None,
-                  prefer: tuple[str, ...]) -> tuple[list[Pair], list[str]]:
+                  prefer: tuple[str, ...], volume: bool = False) -> tuple[list[Pair], list[str]]:
     pf = _by_key(pred, "PRED", prefer)
     gf = _by_key(gt, "GT", None)
     missing = [gf[k].name for k in gf if k not in pf]
@@ -206,16 +239,19 @@ def _folder_pairs(pred: Path, gt: Path, channel: int | None,
         if k not in pf:
             continue
         p = pf[k]
-        pa, ga = _read_pred(p, channel), _read_gt(g)
+        pa, ga = _read_pred(p, channel, volume), _read_gt(g)
         for a, f in ((pa, p), (ga, g)):
-            if a.ndim != 2:
+            if volume:
+                _check_volume(a, f)
+            elif a.ndim != 2:
                 raise UnetlabError(f"{f}: expected a 2D image in a folder, got shape {a.shape}")
         out.append(Pair(g.stem, pa, ga, p, g))
     return out, missing
 
 
 def load_pairs(pred: str | os.PathLike, gt: str | os.PathLike, channel: int | None = None,
-               prefer: tuple[str, ...] = ("_prob",)) -> tuple[list[Pair], list[str]]:
+               prefer: tuple[str, ...] = ("_prob",), volume: bool = False
+               ) -> tuple[list[Pair], list[str]]:
     """Read PRED and GT → (pairs, names of GT files without a prediction).
 
     Two files give one pair per slice; two folders are paired by file stem (a suffix ``_prob``,
@@ -223,7 +259,7 @@ def load_pairs(pred: str | os.PathLike, gt: str | os.PathLike, channel: int | No
     ``_gt`` is ignored). In a PRED folder, overlay pictures (NAME_overlay.png) are skipped, and
     when two files pair with the same name the one ending in a ``prefer`` suffix wins. A
     prediction without ground truth, no pair at all, or PRED and GT of different shapes raise
-    :class:`UnetlabError`."""
+    :class:`UnetlabError`. ``volume``: every file is one volume (Z, Y, X), one pair each."""
     pred, gt = Path(pred), Path(gt)
     for p, what in ((pred, "PRED"), (gt, "GT")):
         if not p.exists():
@@ -231,9 +267,9 @@ def load_pairs(pred: str | os.PathLike, gt: str | os.PathLike, channel: int | No
     if pred.is_dir() != gt.is_dir():
         raise UnetlabError(f"PRED {pred} and GT {gt} must both be files or both be folders")
     if pred.is_file():
-        pairs, missing = _file_pairs(pred, gt, channel), []
+        pairs, missing = _file_pairs(pred, gt, channel, volume), []
     else:
-        pairs, missing = _folder_pairs(pred, gt, channel, prefer)
+        pairs, missing = _folder_pairs(pred, gt, channel, prefer, volume)
     for p in pairs:
         if p.pred.shape != p.gt.shape:
             raise UnetlabError(f"{p.pred_path}: prediction shape {p.pred.shape} does not match "
@@ -277,6 +313,25 @@ def read_instances(a: np.ndarray, path: str | os.PathLike) -> np.ndarray:
                                "labels")
         return ndimage.label(a > 0.5, structure=ndimage.generate_binary_structure(2, 1))[0]
     return label_to_instances(a, path)
+
+
+def read_volume_instances(a: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+    """A label volume (Z, Y, X) → int32 instances by the label rule for volumes,
+    :func:`unetlab.data.volume_to_instances` (a mask → its 6-connected components, other
+    integer volumes → ids as they are); a float volume with fractional values is P(cell): its
+    6-connected regions > 0.5."""
+    from scipy import ndimage
+
+    from .data import volume_to_instances
+
+    a = np.asarray(a)
+    if np.issubdtype(a.dtype, np.floating) and np.isfinite(a).all() \
+            and not np.array_equal(a, np.round(a)):
+        if a.min() < 0 or a.max() > 1:
+            raise UnetlabError(f"{path}: a float prediction must be P(cell) in [0, 1] or integer "
+                               "labels")
+        return ndimage.label(a > 0.5, structure=ndimage.generate_binary_structure(3, 1))[0]
+    return volume_to_instances(a, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -323,19 +378,26 @@ def evaluate_isbi(pairs: list[Pair], invert: bool = False, radius: int = 20,
     return result, drawn
 
 
-def evaluate_cells(pairs: list[Pair]) -> dict:
-    """SEG (mean Jaccard of the reference objects, pooled) and foreground IoU, per image too."""
+def _instances(p: Pair, volume: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(GT, PRED) instances of a pair by the label rule (in 3D for volumes)."""
+    read = read_volume_instances if volume else read_instances
+    return read(p.gt, p.gt_path), read(p.pred, p.pred_path)
+
+
+def evaluate_cells(pairs: list[Pair], volume: bool = False) -> dict:
+    """SEG (mean Jaccard of the reference objects, pooled) and foreground IoU, per image too
+    (``volume``: per volume, 3D objects)."""
     from . import metrics
 
     rows, inter, union = [], 0, 0
     for p in pairs:
-        gi, pi = read_instances(p.gt, p.gt_path), read_instances(p.pred, p.pred_path)
+        gi, pi = _instances(p, volume)
         a, b = gi > 0, pi > 0
         inter += int(np.count_nonzero(a & b))
         union += int(np.count_nonzero(a | b))
         row = {"image": p.name, "n_true": int(len(np.unique(gi[a]))),
                "n_pred": int(len(np.unique(pi[b]))), "iou": metrics.iou(a, b)}
-        row["seg"] = metrics.seg(gi, pi) if a.any() else None
+        row["seg"] = metrics.seg(gi, pi, volume=volume) if a.any() else None
         rows.append(row)
     total = sum(r["n_true"] for r in rows)
     if not total:
@@ -345,14 +407,14 @@ def evaluate_cells(pairs: list[Pair]) -> dict:
             "n_true": total, "per_image": rows}
 
 
-def evaluate_instances(pairs: list[Pair]) -> dict:
-    """Instance matching at IoU 0.50 … 0.95, counts pooled over images (sizes may differ)."""
+def evaluate_instances(pairs: list[Pair], volume: bool = False) -> dict:
+    """Instance matching at IoU 0.50 … 0.95, counts pooled over images (sizes may differ;
+    ``volume``: over volumes, 3D objects)."""
     from . import metrics
 
     acc: list[dict] = []
     for p in pairs:
-        rows = metrics.matching(read_instances(p.gt, p.gt_path),
-                                read_instances(p.pred, p.pred_path))
+        rows = metrics.matching(*_instances(p, volume), volume=volume)
         if not acc:
             acc = [dict(tp=0, fp=0, fn=0, s=0.0, threshold=r["threshold"]) for r in rows]
         for a, r in zip(acc, rows):

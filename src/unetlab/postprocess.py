@@ -11,6 +11,11 @@ predict a border class).
 Conventions: class 1 is the cell/foreground class of a 2-class net (class 0 the background or
 membrane); labels are int32, 0 = background, 1..N the instances numbered in raster order of
 their first pixel.
+
+Volumes (``spatial_dims=3``, the output of a 3D network, Çiçek et al. 2016): the same steps in
+3D — (K, Z, Y, X) probabilities, 6/18/26-connected components, the Euclidean distance transform
+in physical units when the voxel ``spacing`` (dz, dy, dx) is given (anisotropic stacks: a
+z-step of 3 µm is three times an x-step of 1 µm), ``h`` in those units, ``min_size`` in voxels.
 """
 from __future__ import annotations
 
@@ -22,22 +27,33 @@ from .errors import UnetlabError
 __all__ = ["to_instances", "foreground_mask", "remove_small", "relabel"]
 
 
-def foreground_mask(prob, threshold: float = 0.5, foreground_class: int = 1) -> np.ndarray:
+def foreground_mask(prob, threshold: float = 0.5, foreground_class: int = 1,
+                    spatial_dims: int = 2) -> np.ndarray:
     """Boolean (H, W) foreground from probabilities (K, H, W) (``prob[foreground_class] >
-    threshold``), a probability map (H, W) (``> threshold``) or a boolean mask (as is)."""
+    threshold``), a probability map (H, W) (``> threshold``) or a boolean mask (as is);
+    with ``spatial_dims=3`` the same for (K, Z, Y, X), (Z, Y, X) → (Z, Y, X)."""
     a = np.asarray(prob)
+    n = _check_dims(spatial_dims)
+    axes = "(H, W)" if n == 2 else "(Z, Y, X)"
     if a.dtype == bool:
-        if a.ndim != 2:
-            raise UnetlabError(f"foreground mask must be (H, W), got shape {a.shape}")
+        if a.ndim != n:
+            raise UnetlabError(f"foreground mask must be {axes}, got shape {a.shape}")
         return a
-    if a.ndim == 3:
+    if a.ndim == n + 1:
         if not 0 <= foreground_class < a.shape[0]:
             raise UnetlabError(f"foreground_class {foreground_class} is not a class of a "
                                f"{a.shape[0]}-class probability map")
         a = a[foreground_class]
-    elif a.ndim != 2:
-        raise UnetlabError(f"probabilities must be (K, H, W) or (H, W), got shape {a.shape}")
+    elif a.ndim != n:
+        raise UnetlabError(f"probabilities must be (K, {axes[1:]} or {axes}, got shape "
+                           f"{a.shape}")
     return a > threshold
+
+
+def _check_dims(spatial_dims) -> int:
+    if spatial_dims not in (2, 3):
+        raise UnetlabError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+    return int(spatial_dims)
 
 
 def relabel(labels: np.ndarray) -> np.ndarray:
@@ -68,21 +84,24 @@ def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     return out
 
 
-def _structure(connectivity: int) -> np.ndarray:
-    if connectivity not in (1, 2):
-        raise UnetlabError(f"connectivity must be 1 (4-neighbours) or 2 (8-neighbours), "
-                           f"got {connectivity!r}")
-    return ndi.generate_binary_structure(2, connectivity)
+def _structure(connectivity: int, ndim: int = 2) -> np.ndarray:
+    if connectivity not in range(1, ndim + 1):
+        names = "1 (4-neighbours) or 2 (8-neighbours)" if ndim == 2 else \
+            "1 (6-neighbours), 2 (18-neighbours) or 3 (26-neighbours)"
+        raise UnetlabError(f"connectivity must be {names}, got {connectivity!r}")
+    return ndi.generate_binary_structure(ndim, connectivity)
 
 
 def to_instances(prob, method: str = "watershed", threshold: float = 0.5, min_size: int = 16,
                  *, foreground_class: int = 1, seeds: str = "distance", h: float = 2.0,
-                 border_class: int | None = None, connectivity: int = 1) -> np.ndarray:
-    """Instance labels (H, W) int32 from class probabilities.
+                 border_class: int | None = None, connectivity: int = 1,
+                 spatial_dims: int = 2, spacing=None) -> np.ndarray:
+    """Instance labels (H, W) — or (Z, Y, X) — int32 from class probabilities.
 
     Parameters
     ----------
-    prob : (K, H, W) probabilities, (H, W) foreground probability, or (H, W) bool mask.
+    prob : (K, H, W) probabilities, (H, W) foreground probability, or (H, W) bool mask; with
+        ``spatial_dims=3``: (K, Z, Y, X), (Z, Y, X) or a (Z, Y, X) bool mask.
     method : "components" — connected components of the foreground;
         "watershed" — watershed of the negated distance transform inside the foreground, from
         seeds, so that touching cells joined by a narrow neck are split along it.
@@ -94,29 +113,36 @@ def to_instances(prob, method: str = "watershed", threshold: float = 0.5, min_si
         (``skimage.morphology.h_maxima``); "border" — connected components of
         ``P(foreground) − P(border_class) > threshold`` (needs a border class, e.g. 3-class nets
         with cell / border / background).
-    h : minimum dynamic of a distance-transform seed, pixels.
+    h : minimum dynamic of a distance-transform seed, pixels (units of ``spacing`` if given).
     border_class : the class index of the cell border (for ``seeds="border"``).
-    connectivity : 1 (4-neighbours) or 2 (8-neighbours) for components and the watershed.
+    connectivity : 1 (4-neighbours) or 2 (8-neighbours) for components and the watershed;
+        volumes: 1, 2 or 3 (6, 18 or 26 neighbours).
+    spatial_dims : 2 (images) or 3 (volumes of a 3D network).
+    spacing : pixel/voxel size per axis for the distance transform (default 1 on every axis).
 
     A foreground component that receives no seed keeps one label of its own.
     """
-    st = _structure(connectivity)
-    fg = foreground_mask(prob, threshold, foreground_class)
+    nd = _check_dims(spatial_dims)
+    st = _structure(connectivity, nd)
+    fg = foreground_mask(prob, threshold, foreground_class, nd)
+    if spacing is not None and (len(spacing) != nd or not all(float(v) > 0 for v in spacing)):
+        raise UnetlabError(f"spacing must be {nd} positive sizes (one per axis), got {spacing!r}")
     if method == "components":
         labels, _ = ndi.label(fg, structure=st)
     elif method == "watershed":
         from skimage.morphology import h_maxima
         from skimage.segmentation import watershed
 
-        dist = ndi.distance_transform_edt(fg)
+        dist = ndi.distance_transform_edt(fg, sampling=spacing)
         if seeds == "distance":
             peaks = h_maxima(dist, h) > 0 if fg.any() else np.zeros_like(fg)
-            markers, _ = ndi.label(peaks & fg, structure=np.ones((3, 3), bool))
+            markers, _ = ndi.label(peaks & fg, structure=np.ones((3,) * nd, bool))
         elif seeds == "border":
             a = np.asarray(prob)
-            if a.ndim != 3 or border_class is None or not 0 <= border_class < a.shape[0]:
+            if a.ndim != nd + 1 or border_class is None or not 0 <= border_class < a.shape[0]:
                 raise UnetlabError("seeds='border' needs (K, H, W) probabilities and a valid "
-                                   "border_class")
+                                   "border_class" if nd == 2 else "seeds='border' needs (K, Z, "
+                                   "Y, X) probabilities and a valid border_class")
             core = (a[foreground_class] - a[border_class]) > threshold
             markers, _ = ndi.label(core & fg, structure=st)
         else:

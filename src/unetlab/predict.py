@@ -39,6 +39,16 @@ the tile size is automatic) and one batch of output tiles. With ``out`` a zarr a
 Normalisation: by default (``normalize=True``) the image is normalised per slice and channel
 exactly as the ``unetlab predict`` command and training do (1st/99.8th percentiles, see
 :mod:`unetlab.sources`); pass ``normalize=False`` for an image that is already normalised.
+
+Volumes. A ``spatial_dims=3`` network (Çiçek et al. 2016) predicts a volume (Z, Y, X) or
+(C, Z, Y, X) as ONE volume → (K, Z, Y, X), through the same engine: tiles on the pooling lattice
+of every axis (anisotropic pooling such as ``(1, 2, 2)`` included), mirrored context on every
+side, the same seamlessness (one pass over the whole mirror-padded volume, ≤ 1e-5) and the same
+bounded memory (``out`` a zarr array or memmap). Normalisation is per channel over the whole
+volume (:class:`unetlab.sources.VolumeView`). ``tta=True`` averages every rotation/flip the
+network admits (:func:`unetlab.tiling.tta_transforms`): the 48 permutations × flips of the axes
+when every axis pools alike, the 16 that keep z (the 8 in-plane ones × the z-flip) when it does
+not or when ``spacing`` says z is sampled differently; ``tta=16`` / ``tta=48`` ask for one.
 """
 from __future__ import annotations
 
@@ -49,8 +59,8 @@ import torch
 
 from .engine import CHANNELS_LAST_MIN_PIXELS, TileEngine, balanced_tile, make_runner
 from .errors import UnetlabError
-from .sources import ImageSource, NormalizedView, from_array
-from .tiling import DIHEDRAL, TileGeometry, choose_tile_size, read_padded
+from .sources import ImageSource, NormalizedView, VolumeView, from_array, volume_source
+from .tiling import TileGeometry, choose_tile_size, read_padded, tta_transforms
 
 __all__ = ["predict_tiled", "image_layout", "CHANNELS_LAST_MIN_PIXELS"]
 
@@ -90,22 +100,33 @@ def image_layout(net, shape: Sequence[int]) -> tuple[bool, tuple[int, ...]]:
 
 
 def _tile_request(geom: TileGeometry, tile_size, hw, batch: int,
-                  memory_budget) -> tuple[int, int]:
-    """The requested input tile (h, w): ``tile_size`` as given (int or pair), or None → the
-    largest tile whose forward pass of ``batch`` tiles fits the memory budget, shrunk to the
-    smallest that needs no more tiles (:func:`unetlab.engine.balanced_tile`)."""
+                  memory_budget) -> tuple[int, ...]:
+    """The requested input tile, one size per spatial axis of ``hw``: ``tile_size`` as given
+    (int or one per axis), or None → the largest tile whose forward pass of ``batch`` tiles fits
+    the memory budget, shrunk to the smallest that needs no more tiles
+    (:func:`unetlab.engine.balanced_tile`)."""
+    dims = len(hw)
     if tile_size is None:
         return balanced_tile(geom, hw, choose_tile_size(geom, hw, batch=batch,
                                                         budget=memory_budget))
     if isinstance(tile_size, (int, np.integer)):
-        req = (int(tile_size), int(tile_size))
+        req = (int(tile_size),) * dims
     else:
         req = tuple(int(t) for t in tile_size)
-        if len(req) != 2:
-            raise UnetlabError(f"tile_size must be an int or (h, w), got {tile_size!r}")
+        if len(req) != dims:
+            axes = "(h, w)" if dims == 2 else "(d, h, w)"
+            raise UnetlabError(f"tile_size must be an int or {axes}, got {tile_size!r}")
     if min(req) < 1:
         raise UnetlabError(f"tile_size must be positive, got {tile_size!r}")
     return req
+
+
+def transforms(geom: TileGeometry, tta, spacing=None) -> tuple:
+    """:func:`unetlab.tiling.tta_transforms` with its refusals as :class:`UnetlabError`."""
+    try:
+        return tta_transforms(geom, tta, spacing)
+    except ValueError as e:
+        raise UnetlabError(str(e)) from None
 
 
 def as_source(net, image, normalize=True):
@@ -128,6 +149,26 @@ def as_source(net, image, normalize=True):
     return NormalizedView(src, stats)
 
 
+def as_volume(net, image, normalize=True) -> VolumeView:
+    """``image`` as the (C, Z, Y, X) float32 view a 3D network reads (:class:`VolumeView`):
+    ``normalize`` True (percentiles of the whole volume, per channel), False, or (C, 2)
+    stats."""
+    if isinstance(image, VolumeView):
+        return image
+    src = volume_source(image, int(net.in_channels))
+    Z, C, Y, X = src.shape
+    if C != int(net.in_channels):
+        raise UnetlabError(f"volume has {C} channel(s) but the model expects "
+                           f"{int(net.in_channels)}")
+    if min(Z, Y, X) < 1:
+        raise UnetlabError(f"volume of shape {tuple(src.shape)} is empty")
+    if normalize is True:
+        return VolumeView(src)
+    if normalize is False or normalize is None:
+        return VolumeView(src, stats=False)
+    return VolumeView(src, stats=normalize)
+
+
 def _output(out, shape: tuple[int, ...], tta: bool):
     """``out`` checked against ``shape``, or a new float32 array (zeros for TTA sums)."""
     if out is None:
@@ -148,13 +189,13 @@ def _progress_bar(progress, total: int):
     return (progress or None), False
 
 
-def predict_tiled(net, image, tile_size: int | Sequence[int] | None = None, tta: bool = False,
+def predict_tiled(net, image, tile_size: int | Sequence[int] | None = None, tta=False,
                   batch_size: int = 1, out: Any = None, progress: Any = False,
                   device: str | torch.device | None = None, *, normalize=True,
                   precision: str = "fp32", memory_budget: int | None = None,
-                  channels_last: bool | None = None):
+                  channels_last: bool | None = None, spacing: Sequence[float] | None = None):
     """Class probabilities of ``image`` by overlap-tile prediction (Fig. 2), optionally averaged
-    over the 8 rotations/flips.
+    over the 8 rotations/flips (volumes: 16 or 48, see the module docstring).
 
     Parameters
     ----------
@@ -163,29 +204,33 @@ def predict_tiled(net, image, tile_size: int | Sequence[int] | None = None, tta:
         restored afterwards. It is never moved: if ``device`` differs from where its weights are,
         a copy runs there.
     image : array-like, (H, W), (C, H, W), (S, H, W) or (S, C, H, W), or an opened source
-        Raw intensities (``normalize=True``, default) or already normalised
+        For a 3D network: one volume (Z, Y, X) or (C, Z, Y, X), or an opened source (its
+        slices are z). Raw intensities (``normalize=True``, default) or already normalised
         (``normalize=False``). Anything that supports basic slicing and ``numpy.asarray``:
         numpy, numpy.memmap, ``tifffile.memmap``, zarr, dask, h5py, torch; or
         :func:`unetlab.sources.open_image` of a file. Only the pixels of the current tiles
         are read (and the normalisation subsample). Layout: :func:`image_layout`.
-    tile_size : int, (h, w) or None
-        Input tile size in pixels (572 for the paper). Rounded down to the nearest valid size
-        and down to what covers the image. None: the largest valid tile whose forward pass fits
-        ``memory_budget`` (see :func:`unetlab.tiling.choose_tile_size`, 1 GiB by default).
-    tta : bool
-        Average the 8 dihedral transforms, each exactly inverted (see the module docstring).
+    tile_size : int, (h, w), (d, h, w) or None
+        Input tile size in pixels (572 for the paper; 116×132×132 for Çiçek et al.). Rounded
+        down to the nearest valid size and down to what covers the image. None: the largest
+        valid tile whose forward pass fits ``memory_budget`` (see :func:`unetlab.tiling.choose_tile_size`, 1 GiB by default).
+    tta : bool or int
+        Average the 8 dihedral transforms, each exactly inverted (see the module docstring);
+        volumes: the 48 or 16 rotations/flips the network admits, or a count 16 / 48.
     batch_size : int
-        Image tiles per forward pass (× 8 transforms with ``tta``).
+        Image tiles per forward pass (× the transforms with ``tta``).
     out : array-like or None
-        Where to write the result, of shape (K, H, W) (or (S, K, H, W) for stacks): a numpy
+        Where to write the result, of shape (K, H, W) (or (S, K, H, W) for stacks; (K, Z, Y, X)
+        for volumes): a numpy
         array, numpy/tifffile memmap, zarr array or any object with ``__setitem__`` (and
         ``__getitem__`` when ``tta``). None: a new float32 numpy array is returned.
     progress : bool or tqdm-like
         True: a tqdm bar over the tiles on stderr; or an object with ``update(n)``.
     device : "cpu", "cuda", torch.device or None (where the network's weights are)
     normalize : True, False or stats
-        True: percentile normalisation per slice and channel (as training and the CLI);
-        False: use the values as they are; or (S, C, 2) / (C, 2) (low, high) per channel.
+        True: percentile normalisation per slice and channel (as training and the CLI;
+        volumes: per channel over the whole volume); False: use the values as they are; or
+        (S, C, 2) / (C, 2) (low, high) per channel.
     precision : "fp32", "bf16" or "auto"
         Arithmetic of the forward pass (``unetlab.hardware.resolve_precision``; "auto": bf16
         where the device computes it natively). Soft-max and averaging are float32; bf16
@@ -193,36 +238,57 @@ def predict_tiled(net, image, tile_size: int | Sequence[int] | None = None, tta:
     memory_budget : int or None
         Bytes for the automatic tile size (default 1 GiB).
     channels_last : bool or None
-        Channels-last memory format (None: on CPU for tiles of at least 192² pixels).
+        Channels-last memory format (None: on CPU for image tiles of at least 192² pixels).
+    spacing : (dz, dy, dx) or None
+        Voxel spacing (any unit) for the choice of ``tta=True``: axes with different spacing
+        are never swapped.
 
     Returns
     -------
-    ``out`` (or a new float32 numpy array): probabilities (K, H, W) or (S, K, H, W), summing to 1
-    over K (up to rounding).
+    ``out`` (or a new float32 numpy array): probabilities (K, H, W), (S, K, H, W) or
+    (K, Z, Y, X), summing to 1 over K (up to rounding).
     """
-    src = as_source(net, image, normalize)
-    S, _, H, W = src.shape
-    K = int(net.num_classes)
-    out_shape = (S, K, H, W) if src.stack else (K, H, W)
     if int(batch_size) < 1:
         raise UnetlabError(f"batch_size must be >= 1, got {batch_size}")
-    out = _output(out, out_shape, tta)
     geom = TileGeometry.from_net(net)
-    ntrans = len(DIHEDRAL) if tta else 1
-    req = _tile_request(geom, tile_size, (H, W), int(batch_size) * ntrans, memory_budget)
+    items, shape, out_shape = _items(net, geom, image, normalize)
+    out = _output(out, out_shape, bool(tta))
+    ntrans = len(transforms(geom, tta, spacing))
+    req = _tile_request(geom, tile_size, shape, int(batch_size) * ntrans, memory_budget)
     runner = make_runner(net, device, precision=precision, channels_last=channels_last,
-                         tile_pixels=req[0] * req[1])
-    engine = TileEngine(runner, geom, tta=tta, batch_size=int(batch_size), tile_size=req)
-    bar, owned = _progress_bar(progress, S * len(engine.jobs((H, W), (0, H, 0, W))) // ntrans)
+                         tile_pixels=int(np.prod(req)))
+    engine = TileEngine(runner, geom, tta=tta, batch_size=int(batch_size), tile_size=req,
+                        spacing=spacing)
+    rect = tuple(v for n in shape for v in (0, n))
+    bar, owned = _progress_bar(progress, len(items) * len(engine.jobs(shape, rect)) // ntrans)
     try:
         with runner, torch.inference_mode():
-            for s in range(S):
-                def read(rect, s=s):
-                    return read_padded(src, (rect[0], rect[1]), (rect[2], rect[3]), (s,))
-
-                engine.predict_region(read, (H, W), (0, H, 0, W), out,
-                                      lead=(s,) if src.stack else (), progress=bar)
+            for lead, read in items:
+                engine.predict_region(read, shape, rect, out, lead=lead, progress=bar)
     finally:
         if owned:
             bar.close()
     return out
+
+
+def _items(net, geom: TileGeometry, image, normalize):
+    """(items, spatial shape, output shape): the (lead index into ``out``, ``read(rect)``)
+    pairs to predict — one per slice of a 2D stack, one for an image or a volume."""
+    K = int(net.num_classes)
+    if geom.spatial_dims == 3:
+        view = as_volume(net, image, normalize)
+        shape = tuple(view.shape[1:])
+
+        def read_volume(rect):
+            return read_padded(view, rect[0:2], rect[2:4], rect[4:6])
+
+        return [((), read_volume)], shape, (K,) + shape
+    src = as_source(net, image, normalize)
+    S, _, H, W = src.shape
+    items = []
+    for s in range(S):
+        def read(rect, s=s):
+            return read_padded(src, (rect[0], rect[1]), (rect[2], rect[3]), lead=(s,))
+
+        items.append(((s,) if src.stack else (), read))
+    return items, (H, W), ((S, K, H, W) if src.stack else (K, H, W))

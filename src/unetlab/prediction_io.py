@@ -11,6 +11,12 @@ overlap-tile prediction (Sec. 2, Fig. 2; :func:`unetlab.predict.predict_tiled`, 
 Outputs for an input NAME (names sanitised, never leaving the folder; see :func:`plan_outputs`):
 ``NAME_prob.tif`` / ``NAME_prob.png`` / ``NAME_prob.zarr`` (P(class 1) for 2-class models,
 else all K classes), ``NAME_labels.tif`` (instances), ``NAME_overlay.png`` (outlines).
+
+A 3D model (``spatial_dims=3``, Çiçek et al. 2016) predicts each input as ONE volume (its
+slices are z; normalised over the whole volume), not slice by slice: ``NAME_prob.tif`` is
+(Z, Y, X) P(class 1) (all classes: (K, Z, Y, X)), ``NAME_labels.tif`` the 3D instances of
+the volume, overlays one per slice (the first 16). ``tta`` averages the 16 or 48
+rotations/flips the network admits. 2D models keep predicting stacks slice by slice.
 """
 from __future__ import annotations
 
@@ -40,7 +46,7 @@ _OUTPUT_NAME = re.compile(r"_(z\d{4}_)?(prob(_c\d+)?\.(tif|png|zarr)|labels\.tif
 class PredictOptions:
     """Every option of ``unetlab predict`` (the command-line flag in brackets).
 
-    tta [--tta]: average the 8 rotations/flips; tile [--tile]: input tile side in pixels (None:
+    tta [--tta]: average the 8 rotations/flips (3D models: 16 or 48); tile [--tile]: input tile side in pixels (None:
     the largest within the memory budget); batch [--batch]: tiles per forward pass; format
     [--format]: "tif", "png" or "zarr" (None: "zarr" with Dask, else "tif"); instances
     [--instances], method [--method], threshold [--threshold] (on P(cell)), seed_h [--seed-h]
@@ -203,21 +209,24 @@ def _outputs_of(stem: str, out_dir: Path, S: int | None, K: int, small: bool,
 
 
 def plan_outputs(inputs: Sequence[Path], out_dir: Path, in_channels: int, num_classes: int,
-                 opts: PredictOptions, log: Callable[[str], None] = print) -> list[Job]:
+                 opts: PredictOptions, log: Callable[[str], None] = print, *,
+                 spatial_dims: int = 2) -> list[Job]:
     """Open every input (headers only where possible) and name every output; refuse, before
     anything is written, an output that is one of the inputs and two inputs writing the same
     file. Without ``opts.overwrite``, an input whose outputs all exist (an earlier, complete
     run: files are renamed into place only when complete) is skipped with a note, and one with
-    only some of them is refused."""
+    only some of them is refused. ``spatial_dims=3``: every input is one volume (its slices
+    are z; instances and overlays need the whole volume within :data:`PICTURE_PIXELS`)."""
     jobs = []
     for path, stem in zip(inputs, _unique_stems(inputs)):
         src = open_image(path, in_channels)
         if src.shape[1] != in_channels:
             raise UnetlabError(f"{path}: image has {src.shape[1]} channel(s) but the model "
                                f"expects {in_channels}")
-        small = src.shape[2] * src.shape[3] <= PICTURE_PIXELS
-        outs = _outputs_of(stem, out_dir, src.shape[0] if src.stack else None, num_classes,
-                           small, opts)
+        volume = spatial_dims == 3
+        small = src.shape[2] * src.shape[3] * (src.shape[0] if volume else 1) <= PICTURE_PIXELS
+        outs = _outputs_of(stem, out_dir, src.shape[0] if src.stack or volume else None,
+                           num_classes, small, opts)
         jobs.append(Job(path, stem, src, outs, small))
     _check_collisions(jobs)
     return [j for j in jobs if opts.overwrite or not _already_done(j, opts, log)]
@@ -278,7 +287,8 @@ def predict_files(model, inputs: Sequence[str | Path], out_dir: str | Path,
     device = resolve_device(opts.device or "auto")
     net = load_model(model) if isinstance(model, (str, Path)) else model
     jobs = plan_outputs(list_inputs(inputs, out_dir, log), out_dir, int(net.in_channels),
-                        int(net.num_classes), opts, log)
+                        int(net.num_classes), opts, log,
+                        spatial_dims=int(getattr(net, "spatial_dims", 2)))
     if not jobs:
         return []
     try:
@@ -303,22 +313,23 @@ def _choose_threads(net, jobs: Sequence[Job], opts: PredictOptions, device, log)
     import torch
 
     from .hardware import MIN_STEPS_TO_MEASURE, thread_count
-    from .predict import _tile_request
+    from .predict import _tile_request, transforms
     from .tiling import TileGeometry, plan_tiles
 
     geom = TileGeometry.from_net(net)
-    ntrans = 8 if opts.tta else 1
+    volume = geom.spatial_dims == 3
+    ntrans = len(transforms(geom, opts.tta))
     steps, tile = 0, None
     for job in jobs:          # tile passes (one tile, one transform), as far as they matter
         if steps >= MIN_STEPS_TO_MEASURE:
             break
-        H, W = job.source.shape[-2:]
-        req = _tile_request(geom, opts.tile, (H, W), opts.batch * ntrans, None)
-        plan = plan_tiles(geom, (H, W), req)
+        S, _, H, W = job.source.shape
+        shape = (S, H, W) if volume else (H, W)
+        req = _tile_request(geom, opts.tile, shape, opts.batch * ntrans, None)
+        plan = plan_tiles(geom, shape, req)
         tile = tile or plan.tile_in
-        steps += int(job.source.shape[0]) * len(plan) * ntrans
-    th, tw = tile
-    x = torch.zeros((1, int(net.in_channels), th, tw))
+        steps += (1 if volume else int(S)) * len(plan) * ntrans
+    x = torch.zeros((1, int(net.in_channels)) + tuple(tile))
     on_cpu = device.type == "cpu" and next(net.parameters()).device.type == "cpu"
     was = net.training
     net.eval()

@@ -4,6 +4,10 @@ does not grow with the image), or a PNG; then instance labels and overlay pictur
 
 Every file is written under a temporary name and renamed when complete
 (:mod:`unetlab.atomic`); an interrupted run leaves no partial output.
+
+A 3D model's input is one volume (:class:`unetlab.sources.VolumeView`, (C, Z, Y, X)): its
+probabilities are (K, Z, Y, X) — (Z, Y, X) P(class 1) in the TIFF of a 2-class model — and
+its instances are computed on the whole volume in 3D.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UnetlabError
-from .sources import NormalizedView
+from .sources import NormalizedView, VolumeView
 
 __all__ = ["predict_job", "overlay", "ClassSelect", "PICTURE_PIXELS", "MAX_OVERLAYS"]
 
@@ -48,8 +52,23 @@ class ClassSelect:
 
 
 def _foreground(arr, stack: bool) -> np.ndarray:
-    """P(class 1) in memory: (S, H, W) for a stack, (H, W) else, from (…, K, H, W)."""
+    """P(class 1) in memory: (S, H, W) for a stack, (H, W) — or (Z, Y, X) for a volume —
+    else, from (…, K, H, W)."""
     return np.asarray(arr[:, 1] if stack else arr[1])
+
+
+def _stack(view) -> bool:
+    """Whether ``view``'s output has a slice axis before the classes (2D stacks)."""
+    return not isinstance(view, VolumeView) and view.stack
+
+
+def _prob_shape(net, view) -> tuple[int, ...]:
+    """The probabilities' shape: (K, H, W), (S, K, H, W), or (K, Z, Y, X) for a volume."""
+    K = int(net.num_classes)
+    if isinstance(view, VolumeView):
+        return (K,) + tuple(view.shape[1:])
+    S, _, H, W = view.shape
+    return (S, K, H, W) if view.stack else (K, H, W)
 
 
 def _predict_tif(net, view, final: Path, kw: dict, want_fg: bool, close: bool = False):
@@ -60,14 +79,14 @@ def _predict_tif(net, view, final: Path, kw: dict, want_fg: bool, close: bool = 
     from . import predict as pr
     from .atomic import atomic_path
 
-    S, _, H, W = view.shape
-    K = int(net.num_classes)
+    K, stack = int(net.num_classes), _stack(view)
     two = K == 2
-    shape = ((S, H, W) if two else (S, K, H, W)) if view.stack else ((H, W) if two else (K, H, W))
+    full = _prob_shape(net, view)
+    shape = (full[:1] + full[2:] if stack else full[1:]) if two else full
     with atomic_path(final) as tmp:
         mm = tifffile.memmap(tmp, shape=shape, dtype=np.float32, photometric="minisblack",
                              bigtiff=4 * int(np.prod(shape)) > 2**31)
-        target = ClassSelect(mm, 1, K, view.stack) if two else mm
+        target = ClassSelect(mm, 1, K, stack) if two else mm
         pr.predict_tiled(net, view, out=target, **kw)
         if close:
             from .membranes import close_membranes
@@ -76,7 +95,7 @@ def _predict_tif(net, view, final: Path, kw: dict, want_fg: bool, close: bool = 
         mm.flush()
         fg = None
         if want_fg:
-            fg = np.array(mm) if two else _foreground(mm, view.stack)
+            fg = np.array(mm) if two else _foreground(mm, stack)
         del mm, target
     return [final], fg
 
@@ -86,17 +105,17 @@ def _predict_png(net, view, outputs: list[Path], kw: dict):
     from .writers import write_png
 
     prob = pr.predict_tiled(net, view, **kw)
-    K = int(net.num_classes)
+    K, stack = int(net.num_classes), _stack(view)
     planes = [1] if K == 2 else list(range(K))
     pngs = iter(p for p in outputs if p.name.endswith(".png") and "_prob" in p.name)
     written = []
     for k in planes:
-        p8 = np.round(np.clip(prob[:, k] if view.stack else prob[k], 0, 1) * 255).astype(np.uint8)
-        for page in (p8 if view.stack else [p8]):
+        p8 = np.round(np.clip(prob[:, k] if stack else prob[k], 0, 1) * 255).astype(np.uint8)
+        for page in (p8 if p8.ndim == 3 else [p8]):        # the slices of a stack or volume
             f = next(pngs)
             write_png(f, page)
             written.append(f)
-    return written, _foreground(prob, view.stack)
+    return written, _foreground(prob, stack)
 
 
 def _predict_zarr(net, view, final: Path, kw: dict, attrs: dict, want_fg: bool):
@@ -104,9 +123,12 @@ def _predict_zarr(net, view, final: Path, kw: dict, attrs: dict, want_fg: bool):
 
     from . import predict as pr
 
-    S, _, H, W = view.shape
-    shape = ((S,) if view.stack else ()) + (int(net.num_classes), H, W)
-    chunks = (1,) * (len(shape) - 2) + (min(H, 1024), min(W, 1024))
+    shape = _prob_shape(net, view)
+    if isinstance(view, VolumeView):
+        chunks = shape[:1] + tuple(min(n, 128) for n in shape[1:])
+    else:
+        H, W = shape[-2:]
+        chunks = (1,) * (len(shape) - 2) + (min(H, 1024), min(W, 1024))
     tmp = final.parent / f".{final.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -120,7 +142,7 @@ def _predict_zarr(net, view, final: Path, kw: dict, attrs: dict, want_fg: bool):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return [final], (_foreground(zarr.open_array(str(final), mode="r"), view.stack)
+    return [final], (_foreground(zarr.open_array(str(final), mode="r"), _stack(view))
                      if want_fg else None)
 
 
@@ -137,7 +159,7 @@ def _replace_folder(tmp: Path, final: Path) -> None:
         os.replace(tmp, final)
 
 
-def _predict_dask(model, job, opts, device, want_fg: bool):
+def _predict_dask(model, job, opts, device, want_fg: bool, stack: bool):
     import zarr
 
     from .dask_predict import run_dask_predict
@@ -148,8 +170,7 @@ def _predict_dask(model, job, opts, device, want_fg: bool):
                      overwrite=opts.overwrite, batch_size=opts.batch, precision=opts.precision)
     fg = None
     if want_fg:
-        fg = _foreground(zarr.open_group(str(final), mode="r")["probabilities"],
-                         job.source.stack)
+        fg = _foreground(zarr.open_group(str(final), mode="r")["probabilities"], stack)
     return [final], fg
 
 
@@ -166,25 +187,29 @@ def overlay(grey: np.ndarray, labels_or_mask: np.ndarray) -> np.ndarray:
 
 
 def _pictures(fg: np.ndarray, view, job, opts) -> list[Path]:
-    """Instance labels and overlays from P(cell) ``fg`` ((S, H, W) or (H, W))."""
+    """Instance labels and overlays from P(cell) ``fg`` ((S, H, W) or (H, W); a volume's
+    (Z, Y, X) gives 3D instances and one overlay per slice)."""
     from .postprocess import to_instances
     from .writers import write_png, write_tiff
 
-    fgs = fg if view.stack else fg[None]
+    volume = isinstance(view, VolumeView)
+    fgs = fg if volume or view.stack else fg[None]
     written, labels = [], None
     names = {p.name: p for p in job.outputs}
     if opts.instances:
-        labels = np.stack([to_instances(f, method=opts.method, threshold=opts.threshold,
-                                        min_size=opts.min_size, h=opts.seed_h) for f in fgs])
+        kw = dict(method=opts.method, threshold=opts.threshold, min_size=opts.min_size,
+                  h=opts.seed_h)
+        labels = to_instances(fg, spatial_dims=3, **kw) if volume else \
+            np.stack([to_instances(f, **kw) for f in fgs])
         f = names[f"{job.stem}_labels.tif"]
-        write_tiff(f, labels if view.stack else labels[0])
+        write_tiff(f, labels if volume or view.stack else labels[0])
         written.append(f)
     if opts.overlays:
         for s in range(min(len(fgs), MAX_OVERLAYS)):
             obj = labels[s] if labels is not None else fgs[s] > opts.threshold
-            f = names[f"{job.stem}_overlay_z{s:04d}.png" if view.stack else
+            f = names[f"{job.stem}_overlay_z{s:04d}.png" if volume or view.stack else
                       f"{job.stem}_overlay.png"]
-            write_png(f, overlay(view[s, 0], obj))
+            write_png(f, overlay(view[0, s] if volume else view[s, 0], obj))
             written.append(f)
     return written
 
@@ -192,28 +217,34 @@ def _pictures(fg: np.ndarray, view, job, opts) -> list[Path]:
 def predict_job(net, model, job, opts, device, log) -> list[Path]:
     """Predict one planned input (a :class:`unetlab.prediction_io.Job`) and write all its
     outputs; returns the files written and logs ``INPUT -> FILE`` for each."""
-    view = NormalizedView(job.source)
+    volume = int(getattr(net, "spatial_dims", 2)) == 3
+    view = VolumeView(job.source) if volume else NormalizedView(job.source)
     want_fg = job.pictures and (opts.instances or opts.overlays)
     kw = dict(tile_size=opts.tile, tta=opts.tta, batch_size=opts.batch, device=device,
               progress=opts.progress, precision=opts.precision)
     final = job.outputs[0]
     if opts.dask:
-        written, fg = _predict_dask(model, job, opts, device, want_fg)
+        written, fg = _predict_dask(model, job, opts, device, want_fg, _stack(view))
     elif opts.format == "tif":
         if opts.close_membranes and int(net.num_classes) != 2:
             raise UnetlabError(f"--close-membranes: needs a 2-class (membrane / cell) model; "
                                f"{model} has {int(net.num_classes)} classes")
+        if opts.close_membranes and volume:
+            raise UnetlabError(f"--close-membranes: closes the membranes of 2D maps; {model} "
+                               "is a 3D model (its instances are split in 3D, --instances)")
         written, fg = _predict_tif(net, view, final, kw, want_fg, opts.close_membranes)
     elif opts.format == "png":
         written, fg = _predict_png(net, view, job.outputs, kw)
     else:
         attrs = {"source": job.path.name, "classes": int(net.num_classes), "tta": bool(opts.tta),
-                 "layout": "(S, K, H, W)" if view.stack else "(K, H, W)"}
+                 "layout": "(K, Z, Y, X)" if volume else
+                 "(S, K, H, W)" if view.stack else "(K, H, W)"}
         written, fg = _predict_zarr(net, view, final, kw, attrs, want_fg)
     if (opts.instances or opts.overlays) and not job.pictures:
-        H, W = view.shape[-2:]
-        log(f"{job.path}: {H}x{W} is too large for instances/overlays (limit "
-            f"{PICTURE_PIXELS} pixels); wrote the probabilities only")
+        size = "x".join(str(n) for n in (view.shape[1:] if volume else view.shape[-2:]))
+        log(f"{job.path}: {size} is too large for instances/overlays (limit "
+            f"{PICTURE_PIXELS} {'voxels' if volume else 'pixels'}); wrote the probabilities "
+            "only")
     if want_fg:
         written += _pictures(fg, view, job, opts)
     for f in written:

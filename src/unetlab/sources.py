@@ -11,6 +11,12 @@ a stack of slices (the output then keeps the slice axis).
 (Sec. 3 trains on normalised intensities): ``(x − lo) / (hi − lo)`` with the 1st/99.8th
 percentiles of a regular subsample (:func:`unetlab.data.subsample_step`,
 :func:`unetlab.data.sample_stats`), computed in float64 so that finite extremes stay finite.
+
+Volumes (for a 3D network, Çiçek et al. 2016): :func:`volume_source` reads an array as one
+volume (Z, Y, X) or (C, Z, Y, X) — an :class:`ImageSource` whose slice axis is z — and
+:class:`VolumeView` presents a source as the (C, Z, Y, X) float32 array the network reads,
+normalised per channel with percentiles of the *whole volume* (:func:`volume_stats`: a regular
+3-D subsample of about 2^22 voxels), not per slice: a volume is one image.
 """
 from __future__ import annotations
 
@@ -23,7 +29,8 @@ import numpy as np
 from .errors import UnetlabError
 
 __all__ = ["ImageSource", "NormalizedView", "open_image", "from_array", "canonical_axes",
-           "lazy_tiff", "source_stats", "normalize_block", "LAZY_PIXELS"]
+           "lazy_tiff", "source_stats", "normalize_block", "LAZY_PIXELS", "VolumeView",
+           "volume_source", "volume_stats"]
 
 #: TIFF images with more pixels than this are read lazily (memmap or zarr over the TIFF).
 LAZY_PIXELS = 1 << 26
@@ -354,4 +361,75 @@ class NormalizedView:
         one = isinstance(c, (int, np.integer))
         cs = slice(int(c), int(c) + 1) if one else c
         out = normalize_block(self.source[s, cs, ys, xs], self.stats[int(s)][cs])
+        return out[0] if one else out
+
+
+# ----------------------------------------------------------------------------- volumes
+def volume_source(array, in_channels: int = 1) -> ImageSource:
+    """An :class:`ImageSource` (Z, C, Y, X) over one volume for a 3D network: an
+    :class:`ImageSource` as it is (from :func:`open_image`: its slice axis is z); an array
+    (Z, Y, X) (one channel) or (C, Z, Y, X) (C = ``in_channels``, channels first). Other
+    layouts raise :class:`UnetlabError` naming the shape."""
+    if isinstance(array, ImageSource):
+        return array
+    if hasattr(array, "detach"):
+        array = array.detach().cpu().numpy()
+    if not hasattr(array, "shape") or not hasattr(array, "__getitem__"):
+        array = np.asarray(array)
+    shape = tuple(int(v) for v in array.shape)
+    dtype = np.dtype(getattr(array, "dtype", np.float32))
+    if dtype.kind not in "biuf":
+        raise UnetlabError(f"input volume: unsupported dtype {dtype}")
+    if len(shape) == 3 and in_channels == 1:
+        return ImageSource(array, (0, None, 1, 2), True)
+    if len(shape) == 4 and shape[0] == in_channels:
+        return ImageSource(array, (1, 0, 2, 3), True)
+    want = "(Z, Y, X) or (1, Z, Y, X)" if in_channels == 1 else f"({in_channels}, Z, Y, X)"
+    raise UnetlabError(f"input volume of shape {shape}: a 3D model with {in_channels} input "
+                       f"channel(s) expects {want}")
+
+
+def volume_stats(source: ImageSource) -> np.ndarray:
+    """(low, high) of every channel of a volume source (Z, C, Y, X) over the whole volume:
+    (C, 2) float64, the percentiles of :func:`unetlab.data.sample_stats` on the regular
+    subsample ``[::s, :, ::s, ::s]`` (about 2^22 voxels per channel) that training's
+    :func:`unetlab.data.normalize_volume` reads — the same statistics, read lazily."""
+    from .data import sample_stats
+
+    Z, C, Y, X = source.shape
+    step = max(1, int(np.ceil((np.prod((Z, Y, X), dtype=np.float64) / (1 << 22)) ** (1 / 3))))
+    sub = np.asarray(source[::step, :, ::step, ::step], dtype=np.float64)
+    return sample_stats(np.moveaxis(sub, 1, 0))
+
+
+class VolumeView:
+    """A volume ``source`` (Z, C, Y, X) seen as the lazy (C, Z, Y, X) float32 array a 3D
+    network reads: indexing reads only the block asked for (basic slices), normalised per
+    channel with ``stats`` (C, 2) — default :func:`volume_stats` — or as it is with
+    ``stats=False``."""
+
+    def __init__(self, source: ImageSource, stats=None):
+        Z, C, Y, X = source.shape
+        self.source, self.path = source, source.path
+        self.shape, self.ndim, self.dtype = (C, Z, Y, X), 4, np.dtype(np.float32)
+        if stats is False:
+            self.stats = None
+        else:
+            self.stats = volume_stats(source) if stats is None else \
+                np.asarray(stats, np.float64).reshape(-1, 2)
+            if self.stats.shape != (C, 2):
+                raise UnetlabError(f"normalize: stats must have shape ({C}, 2) for a volume "
+                                   f"with {C} channel(s), got {self.stats.shape}")
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        c, z, y, x = key + (slice(None),) * (4 - len(key))
+        one = isinstance(c, (int, np.integer))
+        cs = slice(int(c), int(c) + 1) if one else c
+        block = self.source[z, cs, y, x]
+        block = np.moveaxis(block, 1, 0) if not isinstance(z, (int, np.integer)) else block
+        if self.stats is None:
+            out = np.asarray(block, dtype=np.float32)
+        else:
+            out = normalize_block(block, self.stats[cs])
         return out[0] if one else out

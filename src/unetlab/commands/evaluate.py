@@ -31,6 +31,10 @@ metrics.csv and (isbi) one picture per slice marking the topological errors.
   For cells/instances both PRED and GT are label images: integer instance ids (0 =
   background) or a binary mask (4-connected regions become the objects); a float PRED with
   non-integer values is read as P(cell) and its 4-connected regions > 0.5 become the objects.
+--volume (cells, instances): each TIFF is ONE label volume (Z, Y, X) of 3D objects (e.g. the
+  NAME_labels.tif that 'unetlab predict --instances' writes for a 3D model) instead of a stack
+  of 2D frames: SEG, IoU and matching count each 3D object once; masks become their
+  6-connected components. A (K, Z, Y, X) PRED needs --channel C.
 
 PRED and GT are each a file (a 2D image or a multi-page TIFF stack, one slice per page) or a
 folder of PNG/TIFF images; two folders are paired by file stem (a suffix _prob, _pred,
@@ -64,6 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "leaderboard scores; higher is better)")
     p.add_argument("--no-pictures", dest="pictures", action="store_false",
                    help="isbi: do not write the per-slice error pictures")
+    p.add_argument("--volume", action="store_true",
+                   help="cells/instances: each file is one label volume (Z, Y, X) of 3D "
+                        "objects, not a stack of 2D frames")
     add_overwrite(p)
 
 
@@ -105,7 +112,7 @@ def run(args) -> int:
 
     r = evaluate(args.pred, args.gt, args.metrics, args.out, invert=args.invert,
                  channel=args.channel, radius=args.radius, thinning=args.thinning,
-                 pictures=args.pictures, overwrite=args.overwrite)
+                 pictures=args.pictures, overwrite=args.overwrite, volume=args.volume)
     missing = r.get("missing_predictions", [])
     if missing:
         print(f"not scored: {len(missing)} ground-truth image(s) without a prediction: "
@@ -113,7 +120,8 @@ def run(args) -> int:
     if args.metrics == "isbi":
         _print_isbi(r, args.thinning, WARPING_THRESHOLDS)
     elif args.metrics == "cells":
-        print(f"cell metrics, {len(r['per_image'])} image(s): SEG {r['seg']:.4f} (pooled over "
+        what = "volume(s)" if args.volume else "image(s)"
+        print(f"cell metrics, {len(r['per_image'])} {what}: SEG {r['seg']:.4f} (pooled over "
               f"{r['n_true']} reference objects), foreground IoU {r['iou']:.4f}")
         _print_table(r["per_image"], ["image", "n_true", "n_pred", "seg", "iou"])
     else:

@@ -8,11 +8,16 @@ HELP = "predict probability maps (and instances) of images of any size, tile by 
 DESCRIPTION = """\
 Predict class probabilities with a trained model by overlap-tile prediction (the paper's
 Fig. 2): seamless, tiles on the 2^depth pooling lattice, mirrored context at the image border,
-any image size. --tta averages the 8 rotations/flips (the paper's Sec. 4).
+any image size. --tta averages the 8 rotations/flips (the paper's Sec. 4); for a 3D model the
+48 rotations/flips of the cube, or 16 (the 8 in-plane ones x the z-flip) when z pools
+differently from y and x (e.g. pooling (1, 2, 2)).
 
 INPUT: image files (PNG, TIFF, JPEG), folders of them, glob patterns, or zarr / OME-Zarr folders
 (each one image). A multi-page TIFF is a stack predicted slice by slice (single-channel
-models); a TIFF's own axes decide (samples last = channels). Each image is normalised with the
+models); a TIFF's own axes decide (samples last = channels). A 3D model (spatial_dims=3,
+Cicek et al. 2016) predicts a stack as ONE volume in 3D tiles instead (normalised over the
+whole volume), writes NAME_prob.tif as (Z, Y, X) (K > 2: (K, Z, Y, X)) and, with
+--instances, 3D instance labels (Z, Y, X). Each image is normalised with the
 percentile normalisation used in training (per slice). Large TIFFs (more than 64 megapixels)
 are read lazily, tile by tile, and the probability TIFF is written tile by tile into a
 memory-mapped file, so memory does not grow with the image. The Python equivalent is
@@ -56,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "INPUT (e.g. --model em-membranes)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--tta", action="store_true",
-                   help="average the 8 rotations/flips (8x the work)")
+                   help="average the 8 rotations/flips (8x the work; 3D models: 16 or 48)")
     p.add_argument("--tile", type=int, default=None, metavar="N",
                    help="input tile size in pixels (rounded down to a valid size; default: the "
                         "largest tile within 1 GiB of activations)")

@@ -1,6 +1,12 @@
 """Instance (cell) metrics: IoU, the Cell Tracking Challenge SEG score (the "IOU" of the paper's
 Table 2), matching at IoU thresholds (precision, recall, F1, the DSB 2018 "AP", panoptic
 quality) and the object-level split/merge map.
+
+Every metric works on label arrays of any dimension: the overlap table (:func:`_pairs`) is
+built on the flattened arrays. :func:`seg` and :func:`matching` read a 3-D array as a stack of
+2D frames scored slice by slice (the Cell Tracking Challenge's 2D convention) unless
+``volume=True``: then (Z, Y, X) is one volume whose objects are 3D (Çiçek et al. 2016; the
+CTC's 3D data sets), and (S, Z, Y, X) a stack of volumes.
 """
 from __future__ import annotations
 
@@ -33,13 +39,18 @@ def iou(gt_mask, pred_mask) -> float:
     return int(np.count_nonzero(a & b)) / union
 
 
-def _check_instances(gt, pred, what: str) -> tuple[np.ndarray, np.ndarray]:
+def _check_instances(gt, pred, what: str, volume: bool = False
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(gt, pred) as int64 stacks of frames: (S, H, W), or (S, Z, Y, X) with ``volume``."""
     gt = np.asarray(gt)
     pred = np.asarray(pred)
     if gt.shape != pred.shape:
         raise UnetlabError(f"{what}: prediction shape {pred.shape} does not match ground truth "
                            f"shape {gt.shape}")
-    if gt.ndim not in (2, 3):
+    if volume and gt.ndim not in (3, 4):
+        raise UnetlabError(f"{what}: instance volumes must be (Z, Y, X) or (S, Z, Y, X), got "
+                           f"{gt.shape}")
+    if not volume and gt.ndim not in (2, 3):
         raise UnetlabError(f"{what}: instance images must be (H, W) or (S, H, W), got {gt.shape}")
     for name, a in (("ground truth", gt), ("prediction", pred)):
         if not (np.issubdtype(a.dtype, np.integer) or a.dtype == bool):
@@ -49,6 +60,9 @@ def _check_instances(gt, pred, what: str) -> tuple[np.ndarray, np.ndarray]:
                                    f"{a.dtype}")
         if np.any(a < 0):
             raise UnetlabError(f"{what}: {name} has negative labels")
+    if volume:
+        return (gt[None] if gt.ndim == 3 else gt).astype(np.int64), \
+            (pred[None] if pred.ndim == 3 else pred).astype(np.int64)
     return _as_stack(gt.astype(np.int64)), _as_stack(pred.astype(np.int64))
 
 
@@ -65,7 +79,8 @@ def _pairs(g: np.ndarray, p: np.ndarray):
 
 
 def _overlaps(g: np.ndarray, p: np.ndarray):
-    """Sequential relabelling and the sparse overlap table of one 2-D slice, background left out.
+    """Sequential relabelling and the sparse overlap table of one frame (a 2-D slice or a
+    volume), background left out.
 
     Returns (rows, cols, inter) of the overlapping object pairs (indices into the sorted non-zero
     ids) and the object sizes size_g (nG,), size_p (nP,) in pixels.
@@ -116,15 +131,16 @@ def _assign(rows: np.ndarray, cols: np.ndarray, ious: np.ndarray) -> tuple[int, 
     return tp, total
 
 
-def seg(gt_instances, pred_instances) -> float:
+def seg(gt_instances, pred_instances, *, volume: bool = False) -> float:
     """Cell Tracking Challenge SEG: mean Jaccard index over all reference objects.
 
     Reference object R and predicted object S match iff |R ∩ S| > 0.5·|R| (so each R has at most
     one match); J = |R ∩ S| / |R ∪ S|, unmatched R → 0. Pooled over all slices of (S, H, W)
     input (each slice = one annotated frame). False positives do not lower SEG. Labels:
-    integers, 0 = background. Raises UnetlabError when the GT has no object.
+    integers, 0 = background. Raises UnetlabError when the GT has no object. ``volume``: a
+    3-D input is one volume (objects and |·| in voxels), a 4-D one a stack of volumes.
     """
-    gt, pred = _check_instances(gt_instances, pred_instances, "seg")
+    gt, pred = _check_instances(gt_instances, pred_instances, "seg", volume)
     total, count = 0.0, 0
     for s in range(gt.shape[0]):
         rows, cols, inter, size_g, size_p = _overlaps(gt[s], pred[s])
@@ -141,7 +157,8 @@ DEFAULT_IOU_THRESHOLDS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 
 
 def matching(gt_instances, pred_instances,
-             thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS) -> list[dict]:
+             thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS, *,
+             volume: bool = False) -> list[dict]:
     """Instance matching at IoU thresholds (StarDist/DSB 2018 style).
 
     For each threshold t: optimal one-to-one assignment (``linear_sum_assignment`` maximising
@@ -150,8 +167,9 @@ def matching(gt_instances, pred_instances,
     threshold: ``threshold, tp, fp, fn, precision = TP/(TP+FP), recall = TP/(TP+FN), f1,
     accuracy = TP/(TP+FP+FN)`` (the DSB "AP"), ``panoptic_quality = ΣIoU/(TP + FP/2 + FN/2)``,
     ``mean_matched_iou = ΣIoU/TP``, ``n_true, n_pred``. A ratio with a zero denominator is 0.
+    ``volume``: a 3-D input is one volume of 3D objects (4-D: a stack of volumes).
     """
-    gt, pred = _check_instances(gt_instances, pred_instances, "matching")
+    gt, pred = _check_instances(gt_instances, pred_instances, "matching", volume)
     ths = [float(t) for t in thresholds]
     for t in ths:
         if not 0.0 <= t <= 1.0 or math.isnan(t):
@@ -210,7 +228,10 @@ def split_merge_map(gt: np.ndarray, pred: np.ndarray, fraction: float = 0.5
     * predicted p is a **false positive** when C[0, p] > fraction·|p|;
     * every other true object is **matched**.
 
-    Returns ``(categories, counts)``: categories (H, W) uint8 — 0 nothing, 1 matched (pixels of
+    Any dimension: images (H, W), stacks and volumes (Z, Y, X) alike (objects are the labels
+    of the whole array).
+
+    Returns ``(categories, counts)``: categories (H, W) (the input's shape) uint8 — 0 nothing, 1 matched (pixels of
     g), 2 merge (pixels of p and of the true cells it swallows), 3 split (pixels of g), 4 missed
     (pixels of g), 5 false positive (pixels of p), later ones painted over earlier ones in the
     order matched, missed, false positive, split, merge — and counts {"objects", "predicted", "merges" (predicted objects),
