@@ -47,7 +47,7 @@ def test_module_entry_point_runs():
 
 #: the verbs the README and `unetlab --help` document; a missing one must fail, never vanish
 DOCUMENTED_VERBS = ("train", "predict", "evaluate", "demo", "weights", "augment", "export",
-                    "report")
+                    "report", "models")
 
 
 def test_every_documented_verb_is_listed_by_help():

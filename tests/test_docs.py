@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import inspect
 import re
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from doc_commands import (Case, Workspace, all_options, doc_cases, help_cases, o
                           substitute)
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-VERBS = ("train", "predict", "evaluate", "demo", "weights", "augment", "export", "report")
+VERBS = ("train", "predict", "evaluate", "demo", "weights", "augment", "export", "report", "models")
 ISBI = SHARED_DATA / "isbi2012"
 
 #: (source prefix, regex, replacement, why); "" matches every source
@@ -86,20 +85,8 @@ SLOW = [
 ]
 
 _NOT_THERE = "names files that a user (after demo --data) does not have"
-#: whether predict_tiled predicts volumes (branch h16pred); until then the 3D tutorial's
-#: training cannot validate
-_VOLUMES = "spacing" in inspect.signature(
-    importlib.import_module("unetlab.predict").predict_tiled).parameters
-_NO_VOLUMES = "predict_tiled does not predict volumes yet (branch h16pred)"
-_NO_3D_CLI = "unetlab predict does not take 3D models yet (branch h16pred, its CLI step)"
 #: (source prefix, command prefix, reason) — the commands that fail as written today
-EXPECTED_TO_FAIL_TODAY: list[tuple[str, str, str]] = [
-    ("docs/tutorial-3d.md", "unetlab predict runs/vol-", _NO_3D_CLI),
-    ("docs/tutorial-3d.md", "unetlab evaluate preds", _NO_3D_CLI + ": no prediction to score"),
-] + ([] if _VOLUMES else [
-    ("docs/tutorial-3d.md", "unetlab train vol --val volval", _NO_VOLUMES),
-    ("docs/tutorial-3d.md", "unetlab train vol/image --labels vol/sparse", _NO_VOLUMES),
-])
+EXPECTED_TO_FAIL_TODAY: list[tuple[str, str, str]] = []
 
 #: options of other programs that the docs name in inline code
 FOREIGN_OPTIONS = {"--index-url"}
