@@ -9,7 +9,6 @@ import os
 import signal
 import tomllib
 
-import numpy as np
 import pytest
 import torch
 
