@@ -302,17 +302,9 @@ def to_probability(a: np.ndarray, path: str | os.PathLike, invert: bool = False)
 def read_instances(a: np.ndarray, path: str | os.PathLike) -> np.ndarray:
     """A label array → (H, W) int32 instances by :func:`unetlab.data.label_to_instances`; a
     float array with fractional values is P(cell): its 4-connected regions > 0.5."""
-    from scipy import ndimage
-
     from .data import label_to_instances
 
-    if np.issubdtype(a.dtype, np.floating) and np.isfinite(a).all() \
-            and not np.array_equal(a, np.round(a)):
-        if a.min() < 0 or a.max() > 1:
-            raise UnetlabError(f"{path}: a float prediction must be P(cell) in [0, 1] or integer "
-                               "labels")
-        return ndimage.label(a > 0.5, structure=ndimage.generate_binary_structure(2, 1))[0]
-    return label_to_instances(a, path)
+    return _label_or_prob(a, path, 2, label_to_instances)
 
 
 def read_volume_instances(a: np.ndarray, path: str | os.PathLike) -> np.ndarray:
@@ -320,9 +312,15 @@ def read_volume_instances(a: np.ndarray, path: str | os.PathLike) -> np.ndarray:
     :func:`unetlab.data.volume_to_instances` (a mask → its 6-connected components, other
     integer volumes → ids as they are); a float volume with fractional values is P(cell): its
     6-connected regions > 0.5."""
-    from scipy import ndimage
-
     from .data import volume_to_instances
+
+    return _label_or_prob(a, path, 3, volume_to_instances)
+
+
+def _label_or_prob(a, path, ndim: int, label_rule) -> np.ndarray:
+    """P(cell) (fractional floats in [0, 1]) → face-connected regions > 0.5; labels →
+    ``label_rule(a, path)``."""
+    from scipy import ndimage
 
     a = np.asarray(a)
     if np.issubdtype(a.dtype, np.floating) and np.isfinite(a).all() \
@@ -330,8 +328,8 @@ def read_volume_instances(a: np.ndarray, path: str | os.PathLike) -> np.ndarray:
         if a.min() < 0 or a.max() > 1:
             raise UnetlabError(f"{path}: a float prediction must be P(cell) in [0, 1] or integer "
                                "labels")
-        return ndimage.label(a > 0.5, structure=ndimage.generate_binary_structure(3, 1))[0]
-    return volume_to_instances(a, path)
+        return ndimage.label(a > 0.5, structure=ndimage.generate_binary_structure(ndim, 1))[0]
+    return label_rule(a, path)
 
 
 # ----------------------------------------------------------------------------------------------
