@@ -104,3 +104,13 @@ def test_resume_keeps_the_stored_values(tmp_path):
     assert TOML_HEADER in (run / "config.toml").read_text()
     cfg = resolve_config({"out": str(run)}, resume=True)
     assert (cfg.width, cfg.optimizer, cfg.tile) == (8, "sgd", 0)   # stored, not the cpu preset's
+
+
+def test_iterations_on_the_command_line_replace_the_files_budget(tmp_path, capsys):
+    values, text = _print_config(capsys, "--preset", "cpu")
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text(text)                       # time = "60m" in the file
+    values, _ = _print_config(capsys, "--config", str(cfg_file), "--iterations", "7")
+    assert (values["iterations"], values["time"]) == (7, "")
+    values, _ = _print_config(capsys, "--config", str(cfg_file))
+    assert values["time"] == "60m"

@@ -48,7 +48,7 @@ same --lr and --momentum; only rank 0 writes RUN and validates; --resume works t
 rate and momentum against the paper's batch of one.
 
 Options are resolved as: preset < --config FILE < command-line flags (--iterations without
---time drops the preset's time budget). --print-config prints every option with its resolved
+--time drops the time budget of the preset or the file). --print-config prints every option with its resolved
 value as TOML, which --config reads back.
 
 examples (the first line writes a small dataset to try it on):

@@ -403,6 +403,8 @@ def resolve_config(flags: dict[str, Any], config_file: str | None = None,
             cfg.time = ""           # an explicit number of steps replaces the preset's budget
     if config_file:
         cfg = load_config(config_file, cfg)
+    if not resume and "iterations" in flags and "time" not in flags:
+        flags = {**flags, "time": ""}  # --iterations on the command line replaces any budget
     return config_from_mapping(flags, cfg, where="command line").check()
 
 
