@@ -472,6 +472,7 @@ class UNet(nn.Module):
         a few input channels this convolution is a small part of the work."""
         block = self.down[0]
         if (x.dtype != torch.float32 or torch.jit.is_scripting() or torch.jit.is_tracing()
+                or x.device.type not in ("cpu", "cuda")
                 or not torch.is_autocast_enabled(x.device.type)):
             return block(x)
         first, *rest = block
