@@ -22,11 +22,11 @@ def test_bad_durations_name_the_option(bad):
 
 
 def test_budget_arithmetic_by_hand():
-    # 100 s, 10 spent, validation 5 s every 10 steps (+1 at the end): (100-10-5) / (1.15+0.5)
-    assert budget_iterations(100, 10, 1.0, 5.0, 10) == int(85 // 1.65)
+    # 100 s, 10 spent, validation 5 s every 10 steps (+1 at the end): (100-10-5) / (1.05+0.5)
+    assert budget_iterations(100, 10, 1.0, 5.0, 10) == int(85 // 1.55) == 54
     assert budget_iterations(10, 20, 1.0, 0.0, 10) == 1            # no time left: one step
     # checkpoints of 2 s every 4 steps add 0.5 s per step
-    assert budget_iterations(100, 10, 1.0, 5.0, 10, 2.0, 4) == int(85 // 2.15)
+    assert budget_iterations(100, 10, 1.0, 5.0, 10, 2.0, 4) == int(85 // 2.05) == 41
 
 
 TINY = dict(data="synthetic", synthetic_images=2, synthetic_size=64, width=2, depth=1, tile=36,
@@ -43,9 +43,9 @@ def _weights(run):
 def test_time_fixes_the_iterations_and_resume_keeps_them(tmp_path, monkeypatch):
     import unetlab.training as training
 
-    run = train(TrainConfig(out=str(tmp_path / "a"), time="5s", **TINY), say=lambda m: None)
+    run = train(TrainConfig(out=str(tmp_path / "a"), time="8s", **TINY), say=lambda m: None)
     cfg = load_config(run / "config.toml")
-    assert cfg.time == "5s" and cfg.iterations > 4 and cfg.warmup <= cfg.iterations // 4
+    assert cfg.time == "8s" and cfg.iterations > 4 and cfg.warmup <= cfg.iterations // 4
     log = np.genfromtxt(run / "log.csv", delimiter=",", names=True)
     assert int(np.max(log["iteration"])) == cfg.iterations
     # the same configuration with the iterations written down trains the same weights
