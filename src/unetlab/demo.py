@@ -4,17 +4,15 @@ What it does (each step the paper's, at a size a laptop can run):
 
 1. **Data** — generated touching cells (:func:`unetlab.synthetic.touching_cells`): a handful of
    training images, two validation images, and one large test image (2048×2048 by default).
-2. **Training** (Sec. 3) — a small U-Net (depth 3, width 16, unpadded convolutions, dropout at
-   the end of the contracting path) trained by :func:`unetlab.training.train` as in the paper
-   — one large tile per step, cross-entropy weighted by Eq. 2's weight map (w0 = 10,
-   σ = 5 px), elastic deformation and the other augmentations, He initialisation — with two
-   changes for a budget of minutes instead of the paper's hours: Adam (lr 0.003,
-   β = (0.9, 0.999), poly decay) instead of SGD with momentum 0.99, and batch normalisation
-   after each convolution (the measurements behind both are in docs/decisions.md).
-   ``unetlab train`` keeps the paper's SGD and no normalisation as its defaults.
-   Unless ``iterations`` is given, the number of steps is chosen to fit a time budget
-   (``train_minutes``) from a short timing of one training step on this machine, which also
-   picks the CPU thread count (:func:`unetlab.hardware.fastest_threads`).
+2. **Training** (Sec. 3) — :func:`unetlab.training.train` with the device-aware recipe of
+   ``unetlab train`` (:func:`unetlab.training.presets.recipe`, ``preset="auto"``: on a CPU the
+   ``cpu`` preset — width 16, depth 4, 380² tiles, Adam with poly decay, bf16 where the CPU
+   has it — on a GPU the paper's), not a recipe of its own: one large tile per step,
+   cross-entropy weighted by Eq. 2's weight map (w0 = 10, σ = 5 px), elastic deformation and
+   the other augmentations, He initialisation. Unless ``iterations`` is given, the training
+   gets a wall-clock budget (``unetlab train --time``): ``train_minutes``, or less when the
+   prediction of the large image (estimated from a timing of one training step here) would
+   push the whole demo past ``total_minutes``.
 3. **Prediction** (Sec. 2, Fig. 2; Sec. 4) — overlap-tile prediction of the large image with
    8-fold test-time averaging (:func:`unetlab.predict.predict_tiled`).
 4. **Instances** — :func:`unetlab.postprocess.to_instances`: P(cell) > threshold, then a
@@ -42,7 +40,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -64,22 +62,15 @@ _DEMO_DIRS = ("report_data", "prediction", "report_files")
 
 @dataclass
 class DemoSettings:
-    """Sizes of one demo run (pixels, counts, seconds)."""
+    """Sizes of one demo run (pixels, counts, seconds); the training recipe is ``preset``'s
+    (:func:`unetlab.training.presets.recipe`) with ``options`` (TrainConfig fields) on top."""
     train_images: int = 8          # generated training images
     train_size: int = 256          # their side (px)
     size: int = 2048               # side of the large predicted image (px)
-    width: int = 16                # U-Net width (channels of the first level)
-    depth: int = 3                 # U-Net depth (poolings)
-    tile: int = 252                # training input tile (valid for depth 3: 252 → 164)
-    norm: str = "batch"            # batch normalisation after each conv (see the docstring)
-    optimizer: str = "adam"        # see the module docstring: Adam learns much faster here
-    lr: float = 0.003              # Adam's peak learning rate (poly decay)
-    momentum: float = 0.9          # Adam's beta1 (SGD's momentum with optimizer="sgd")
-    grad_clip: float = 0.0         # clip the global gradient norm (0 = off)
+    preset: str = "auto"           # unetlab train's device-aware recipe (cpu or paper)
+    options: dict = field(default_factory=dict)   # TrainConfig fields over the preset
     seed_h: float = 1.0            # h of the watershed's distance-transform seeds (px)
-    iterations: int | None = None  # None: chosen from train_minutes
-    min_iterations: int = 150
-    max_iterations: int = 3000
+    iterations: int | None = None  # None: a time budget from train_minutes
     train_minutes: float = 4.0     # most minutes of training when iterations is None
     total_minutes: float = 9.0     # whole-demo budget: training gets what prediction leaves
     val_every: int = 0             # 0: about 5 validations per run
@@ -89,15 +80,20 @@ class DemoSettings:
 
 
 def demo_settings(quick: bool = False, iterations: int | None = None, size: int | None = None,
-                  train_minutes: float | None = None, seed: int = 0) -> DemoSettings:
+                  train_minutes: float | None = None, seed: int = 0,
+                  preset: str = "auto") -> DemoSettings:
     """The settings of ``unetlab demo`` (``quick``: tiny sizes for tests, ~10–30 s); every
     value is checked here (one-line :class:`UnetlabError` naming the option)."""
     from .training.config import check_seed
+    from .training.presets import PRESETS
 
     check_seed(seed)
+    if str(preset).strip().lower() not in PRESETS:
+        raise UnetlabError(f"--preset {preset!r}: use one of {', '.join(PRESETS)}")
     if quick:
-        s = DemoSettings(train_images=3, train_size=96, size=256, width=4, depth=2, tile=100,
-                         iterations=6, val_every=3, warping_crop=0, seed=seed, quick=True)
+        s = DemoSettings(train_images=3, train_size=96, size=256, iterations=6, val_every=3,
+                         options=dict(width=4, depth=2, tile=100, precision="fp32"),
+                         warping_crop=0, seed=seed, quick=True)
     else:
         s = DemoSettings(seed=seed)
     if iterations is not None:
@@ -113,6 +109,7 @@ def demo_settings(quick: bool = False, iterations: int | None = None, size: int 
         if not (train_minutes > 0 and math.isfinite(train_minutes)):
             raise UnetlabError(f"--train-minutes: must be a number > 0, got {train_minutes}")
         s.train_minutes = float(train_minutes)
+    s.preset = str(preset).strip().lower()
     return s
 
 
@@ -138,23 +135,36 @@ def _prepare_out(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _calibrate_step(settings: DemoSettings, device) -> tuple[float, int, str]:
-    """Time one training step (forward + backward + optimiser update on one tile) of the demo's
-    network here; returns ``(seconds per step, CPU threads to use, reason)``. On a CPU the
-    faster of one thread and torch's default is kept (:func:`unetlab.hardware.fastest_threads`:
-    on a busy machine one thread can be many times faster)."""
+def training_config(s: DemoSettings, out, device="auto", **options):
+    """The demo's :class:`~unetlab.training.TrainConfig`: ``s.preset``'s recipe on the generated
+    touching cells (:func:`unetlab.training.presets.recipe`), ``s.options`` and ``options`` on
+    top."""
+    from .training.presets import recipe
+
+    return recipe(s.preset, data="synthetic", val="synthetic", out=str(out),
+                  synthetic_images=s.train_images, synthetic_size=s.train_size,
+                  synthetic_seed=s.seed, seed=s.seed, device=str(device),
+                  **{**s.options, **options})
+
+
+def _calibrate_step(cfg, device) -> tuple[float, int, str]:
+    """Time one training step (forward + backward + optimiser update on one tile, in the
+    recipe's precision) of the network of ``cfg`` here; returns ``(seconds per step, CPU
+    threads to use, reason)``. On a CPU the faster of one thread and torch's default is kept
+    (:func:`unetlab.hardware.fastest_threads`: on a busy machine one thread can be many times
+    faster)."""
     import statistics
 
     import torch
 
-    from .hardware import fastest_threads
-    from .model import UNet
-    from .training.build import timing_step
+    from .hardware import fastest_threads, resolve_precision
+    from .training.build import build_net, timing_step
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        net = UNet(depth=settings.depth, width=settings.width, dropout=0.5, norm=settings.norm)
-    step = timing_step(net, settings.optimizer, settings.tile, device)
+        net, tile, _ = build_net(cfg, 1)
+    precision = resolve_precision(cfg.precision, device)
+    step = timing_step(net, cfg.optimizer, tile, device, precision, cfg.batch)
     if torch.device(device).type == "cpu":
         threads, seconds, why = fastest_threads(step)
         return seconds, threads, why
@@ -183,12 +193,6 @@ def training_budget(settings: DemoSettings, step_s: float) -> float:
     rest = step_s * _PREDICT_STEPS_PER_2048 * area + _EVAL_S_PER_2048 * area + _FIXED_S
     return float(max(60.0, min(settings.train_minutes * 60.0,
                                settings.total_minutes * 60.0 - rest)))
-
-
-def _choose_iterations(settings: DemoSettings, step_s: float) -> int:
-    # 1.25: the trainer also prepares tiles, logs, validates and writes checkpoints
-    n = int(training_budget(settings, step_s) / (1.25 * max(step_s, 1e-3)))
-    return int(min(settings.max_iterations, max(settings.min_iterations, n)))
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -368,36 +372,40 @@ def run_demo(out: str | os.PathLike = "runs/demo", settings: DemoSettings | None
             torch.set_num_threads(default_threads)
 
 
-def _train(out: Path, s: DemoSettings, progress: bool, device, say) -> tuple[Path, int]:
-    """Step 2: time a step, choose the iterations and threads, train; (run folder, steps)."""
+def _train(out: Path, s: DemoSettings, progress: bool, device, say):
+    """Step 2: time a step, give training its share of the time, train with the preset's
+    recipe; (run folder, iterations done, the TrainConfig)."""
     import torch
 
-    from .training import TrainConfig, train
+    from .training import train
+    from .training.config import load_config
 
-    step, threads, why = _calibrate_step(s, device)
+    probe = training_config(s, out, device)
+    step, threads, why = _calibrate_step(probe, device)
     torch.set_num_threads(threads)
-    iterations = s.iterations
-    if iterations is None:
-        iterations = _choose_iterations(s, step)
-        say(f"[2/6] training: one step takes {step:.2f} s here, so {iterations} iterations fit "
-            f"the time budget ({training_budget(s, step) / 60:.1f} min); {why}")
+    recipe_name = f"the {probe.preset} preset of unetlab train"
+    if s.iterations is None:
+        budget = training_budget(s, step)
+        expected = max(1, int(budget / (1.05 * max(step, 1e-6))))
+        extra: dict[str, Any] = {"time": f"{budget:.0f}s"}
+        say(f"[2/6] training with {recipe_name}: one step takes {step:.2f} s here, so training "
+            f"gets {budget / 60:.1f} min (about {expected} iterations); {why}")
     else:
-        say(f"[2/6] training: {iterations} iterations (about {step:.2f} s each); {why}")
-    val_every = s.val_every or max(1, math.ceil(iterations / 5))
-    cfg = TrainConfig(
-        data="synthetic", val="synthetic", out=str(out), synthetic_images=s.train_images,
-        synthetic_size=s.train_size, synthetic_seed=s.seed, width=s.width, depth=s.depth,
-        norm=s.norm, tile=s.tile, iterations=iterations, val_every=val_every,
-        warmup=min(200, iterations // 5), checkpoint_every=max(val_every, 1),
-        log_every=max(1, min(10, iterations // 50)), seed=s.seed, device=str(device),
-        optimizer=s.optimizer, lr=s.lr, momentum=s.momentum, grad_clip=s.grad_clip,
-        progress=progress, threads=threads, precision="fp32")
+        expected = s.iterations
+        extra = {"iterations": s.iterations, "warmup": min(probe.warmup, s.iterations // 5)}
+        say(f"[2/6] training with {recipe_name}: {s.iterations} iterations (about {step:.2f} s "
+            f"each); {why}")
+    val_every = s.val_every or max(1, math.ceil(expected / 5))
+    cfg = training_config(s, out, device, val_every=val_every, checkpoint_every=val_every,
+                          log_every=max(1, min(10, expected // 50)), progress=progress,
+                          threads=threads, **extra)
     # overwrite: the folder holds the demo's own marker file, checked by _prepare_out
     run = Path(train(cfg, overwrite=True, say=say))
-    return run, iterations
+    return run, load_config(run / "config.toml")
 
 
-def _instance_settings(net, s: DemoSettings, device, progress) -> dict[str, float]:
+def _instance_settings(net, s: DemoSettings, device, progress,
+                       precision: str = "fp32") -> dict[str, float]:
     """The threshold on P(cell) and the seed height h (px) of the instance step, chosen by F1
     at IoU 0.5 on a separate synthetic validation image (not the test image)."""
     from .data import normalize_image
@@ -406,7 +414,8 @@ def _instance_settings(net, s: DemoSettings, device, progress) -> dict[str, floa
     from .training.validation import predict_normalized
 
     img, gt = _validation_image(s)
-    prob = predict_normalized(net, normalize_image(img), device, tta=True, progress=progress)
+    prob = predict_normalized(net, normalize_image(img), device, tta=True, progress=progress,
+                              precision=precision)
     best = (-1.0, 0.5, s.seed_h)
     for th in (0.3, 0.4, 0.5, 0.6, 0.7):
         for h in (s.seed_h / 2, s.seed_h, 2 * s.seed_h):
@@ -425,7 +434,8 @@ def _validation_image(s: DemoSettings):
     return touching_cells_arrays(1, side, s.seed + 2000)[0]
 
 
-def _predict(out: Path, net, big_img, s: DemoSettings, device, progress):
+def _predict(out: Path, net, big_img, s: DemoSettings, device, progress,
+             precision: str = "fp32"):
     """Steps 3–4: probabilities of the test image and its instances (settings from the
     validation image); writes ``OUT/prediction/*.tif``. Returns (P(cell), instances, chosen)."""
     from .data import normalize_image
@@ -433,9 +443,10 @@ def _predict(out: Path, net, big_img, s: DemoSettings, device, progress):
     from .training.validation import predict_normalized
     from .writers import write_tiff
 
-    prob = predict_normalized(net, normalize_image(big_img), device, tta=True, progress=progress)
+    prob = predict_normalized(net, normalize_image(big_img), device, tta=True, progress=progress,
+                              precision=precision)
     prob_cell = np.ascontiguousarray(prob[1], dtype=np.float32)
-    chosen = _instance_settings(net, s, device, progress)
+    chosen = _instance_settings(net, s, device, progress, precision)
     pred_inst = np.asarray(to_instances(prob, threshold=chosen["threshold"], h=chosen["h"]),
                            dtype=np.int32)
     (out / "prediction").mkdir(exist_ok=True)
@@ -445,13 +456,17 @@ def _predict(out: Path, net, big_img, s: DemoSettings, device, progress):
     return prob_cell, pred_inst, chosen
 
 
-def _notes(s: DemoSettings, iterations: int, model_name: str, chosen: dict) -> list[str]:
-    recipe = (f"Adam (lr {s.lr:g}, β1 {s.momentum:g}, poly decay" if s.optimizer == "adam"
-              else f"SGD (lr {s.lr:g}, momentum {s.momentum:g}, poly decay")
-    note = (f"U-Net depth {s.depth}, width {s.width}, unpadded"
-            + (f", {s.norm} normalisation" if s.norm != "none" else "")
-            + f", {iterations} iterations of {recipe}, one {s.tile}² tile per step, weight map "
-            f"w0 = 10, σ = 5 px, elastic deformation); predicted with {model_name}; instances: "
+def _notes(s: DemoSettings, cfg, precision: str, model_name: str,
+           chosen: dict) -> list[str]:
+    """One sentence on what was trained and how the instances were made (``cfg``: the
+    training's TrainConfig as written to config.toml)."""
+    opt = (f"Adam (lr {cfg.lr:g}, β1 {cfg.momentum:g}" if cfg.optimizer == "adam"
+           else f"SGD (lr {cfg.lr:g}, momentum {cfg.momentum:g}")
+    note = (f"unetlab train's {cfg.preset} preset: U-Net depth {cfg.depth}, width {cfg.width}, "
+            f"{cfg.padding}" + (f", {cfg.norm} normalisation" if cfg.norm != "none" else "")
+            + f", {cfg.iterations} iterations of {opt}, {cfg.schedule} decay) in "
+            f"{precision}, one {cfg.tile}² tile per step, weight map w0 = {cfg.w0:g}, "
+            f"σ = {cfg.sigma:g} px, elastic deformation; predicted with {model_name}; instances: "
             f"watershed of the distance transform of P(cell) > {chosen['threshold']:g}, seeds "
             f"h = {chosen['h']:g} px (both chosen on a separate validation image, F1 "
             f"{chosen['validation_f1']:.3f}).")
@@ -464,6 +479,7 @@ def _notes(s: DemoSettings, iterations: int, model_name: str, chosen: dict) -> l
 def _run(out: Path, s: DemoSettings, progress: bool, device,
          say: Callable[[str], None]) -> dict[str, Any]:
     from .checkpoint import load_model
+    from .hardware import resolve_precision
     from .synthetic import touching_cells_arrays
 
     timing: dict[str, float] = {}
@@ -474,14 +490,16 @@ def _run(out: Path, s: DemoSettings, progress: bool, device,
     big_img, big_gt = touching_cells_arrays(1, s.size, s.seed + 1000)[0]
     timing["data generation"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    run, iterations = _train(out, s, progress, device, say)
+    run, cfg = _train(out, s, progress, device, say)
+    iterations = cfg.iterations
     timing["training"] = time.perf_counter() - t0
     model_path = run / "best.pt" if (run / "best.pt").exists() else run / "model.pt"
     net = load_model(model_path)
     say(f"[3/6] predicting the {s.size}×{s.size} image: overlap-tile, 8-fold test-time "
         f"averaging ({model_path.name}); [4/6] instances, settings chosen on a validation image")
     t0 = time.perf_counter()
-    prob_cell, pred_inst, chosen = _predict(out, net, big_img, s, device, progress)
+    precision = resolve_precision(cfg.precision, device)
+    prob_cell, pred_inst, chosen = _predict(out, net, big_img, s, device, progress, precision)
     timing["prediction (overlap-tile, 8× TTA) and instances"] = time.perf_counter() - t0
     from .writers import write_tiff
 
@@ -492,7 +510,7 @@ def _run(out: Path, s: DemoSettings, progress: bool, device,
     metrics["instance_settings"] = chosen
     timing["evaluation"] = time.perf_counter() - t0
     say("[6/6] writing the report")
-    notes = _notes(s, iterations, model_path.name, chosen)
+    notes = _notes(s, cfg, precision, model_path.name, chosen)
     report = _report(out, s, train_pairs, (big_img, prob_cell, pred_inst, big_gt), metrics,
                      timing, notes, t_all)
     return {"report": report, "headline": headline(metrics), "metrics": metrics,
