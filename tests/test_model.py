@@ -14,14 +14,7 @@ from torch import nn
 from unetlab.model import GeometryError, UNet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine oversubscribed OpenMP threads make tiny
-    convolutions tens of times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def reference_output_size(n: int, depth: int, padding: str) -> int | None:

@@ -15,13 +15,7 @@ from unetlab.tiling import DIHEDRAL, TileGeometry, apply_dihedral, invert_dihedr
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tiles: one torch thread avoids thread hand-offs that dominate on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def whole_image(net, img: np.ndarray) -> np.ndarray:

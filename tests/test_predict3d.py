@@ -21,12 +21,7 @@ from unetlab.tiling import (TileGeometry, apply_transform, choose_tile_size, est
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def whole_volume(net, vol: np.ndarray) -> np.ndarray:
