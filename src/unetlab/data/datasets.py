@@ -284,6 +284,22 @@ def _read_ctc(sequences: list[tuple[Path, Path]], channels: int | None, ignore_u
     return out
 
 
+def existing_paths(path, labels=None) -> tuple[Path, Path | None]:
+    """``(Path(path), Path(labels) or None)``; a :class:`UnetlabError` naming the first that
+    does not exist (the readers' first check, shared by :func:`read_dataset` and
+    :func:`unetlab.data.datasets3d.read_dataset_3d`)."""
+    found = []
+    for x in (path, labels):
+        if x is None:
+            found.append(None)
+            continue
+        x = Path(x)
+        if not x.exists():
+            raise UnetlabError(f"{x}: no such file or folder")
+        found.append(x)
+    return found[0], found[1]
+
+
 def read_dataset(path: str | os.PathLike, labels: str | os.PathLike | None = None,
                  channels: int | None = None, *, ctc_ignore_unannotated: bool = True,
                  ctc_margin: float = 10.0, max_pixels: int | None = None) -> list[Sample]:
@@ -298,13 +314,8 @@ def read_dataset(path: str | os.PathLike, labels: str | os.PathLike | None = Non
     Returns the samples in a stable (natural file-name) order. Raises :class:`UnetlabError`
     naming the file for every problem (missing partner, size mismatch, bad file, empty folder).
     """
-    p = Path(path)
-    if not p.exists():
-        raise UnetlabError(f"{p}: no such file or folder")
-    if labels is not None:
-        lp = Path(labels)
-        if not lp.exists():
-            raise UnetlabError(f"{lp}: no such file or folder")
+    p, lp = existing_paths(path, labels)
+    if lp is not None:
         if p.is_dir() and lp.is_dir():
             return _pair_folders(p, lp, channels, max_pixels)
         if p.is_dir() or lp.is_dir():

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..errors import UnetlabError
 from .datasets import (_IMAGE_DIRS, _LABEL_DIRS, _ctc_sequences, _find_file, _find_subdir,
-                       _match_by_stem, _natural_key, _stem)
+                       _match_by_stem, _natural_key, _stem, existing_paths)
 from .labels import label_to_instances, read_label_image, volume_to_instances
 from .normalize import normalize_volume
 from .sample import Sample
@@ -183,13 +183,8 @@ def read_dataset_3d(path: str | os.PathLike, labels: str | os.PathLike | None = 
     ``unlabelled``: a label value that marks voxels nobody annotated; they become -1 (ignored
     by the loss, Çiçek et al.'s sparse annotation) and the rest follows the one label rule.
     """
-    p = Path(path)
-    if not p.exists():
-        raise UnetlabError(f"{p}: no such file or folder")
-    if labels is not None:
-        lp = Path(labels)
-        if not lp.exists():
-            raise UnetlabError(f"{lp}: no such file or folder")
+    p, lp = existing_paths(path, labels)
+    if lp is not None:
         is_vol = [x.is_dir() and x.suffix.lower() != ".zarr" for x in (p, lp)]
         if all(is_vol):
             return _pair_folders_3d(p, lp, max_pixels, unlabelled)
