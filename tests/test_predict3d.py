@@ -438,3 +438,61 @@ def test_cli_predicts_a_stack_as_one_volume_with_a_3d_model(tmp_path, capsys, mo
     z = zarr.open_array(str(out / "vol_prob.zarr"), mode="r")
     assert z.shape == (2,) + vol.shape and z.attrs["unetlab"]["layout"] == "(K, Z, Y, X)"
     assert np.abs(np.asarray(z[:]) - predict_tiled(net, vol, tile_size=20)).max() < 1e-5
+
+
+def test_cli_tta_follows_the_voxel_size_of_the_file_or_spacing(tmp_path, capsys, monkeypatch):
+    """An isotropic-pooling network: 48 rotations/flips for cubic voxels, 16 (z kept) when the
+    file declares z coarser; --spacing overrides the file; the 3D instances use the size."""
+    tifffile = pytest.importorskip("tifffile")
+    from unetlab.checkpoint import save_model
+    from unetlab.cli import main
+    from unetlab.postprocess import to_instances
+
+    monkeypatch.setenv("UNETLAB_NO_NATIVE_BF16", "1")
+    net = _net(depth=1)
+    save_model(net, tmp_path / "m.pt")
+    vol = _cells_volume((12, 24, 24))
+    tifffile.imwrite(tmp_path / "coarse.tif", vol, imagej=True, resolution=(1.0, 1.0),
+                     metadata={"spacing": 2.0, "axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "plain.tif", vol, photometric="minisblack")
+
+    def run(name, *extra):
+        out = tmp_path / f"out-{name}-{len(extra)}"
+        rc = main(["predict", str(tmp_path / "m.pt"), str(tmp_path / f"{name}.tif"), "--out",
+                   str(out), "--tta", "--instances", "--quiet", "--threads", "1", *extra])
+        printed = capsys.readouterr()
+        assert rc == 0, printed.err
+        return (tifffile.imread(out / f"{name}_prob.tif"),
+                tifffile.imread(out / f"{name}_labels.tif"), printed.out + printed.err)
+
+    prob, labels, text = run("coarse")
+    assert "2x1x1 (declared by the file)" in text and "over 16 rotations" in text
+    ref = predict_tiled(net, vol, tta=True, spacing=(2.0, 1.0, 1.0))
+    assert np.abs(prob - ref[1]).max() < 1e-5
+    assert np.array_equal(labels, to_instances(ref[1], spatial_dims=3, spacing=(2, 1, 1)))
+    prob, _, text = run("plain")
+    assert "over 48 rotations" in text
+    assert np.abs(prob - predict_tiled(net, vol, tta=True)[1]).max() < 1e-5
+    prob, _, text = run("coarse", "--spacing", "1,1,1")
+    assert "(--spacing)" in text and "over 48 rotations" in text
+    assert main(["predict", str(tmp_path / "m.pt"), str(tmp_path / "plain.tif"), "--out",
+                 str(tmp_path / "bad"), "--spacing", "1,0,1"]) == 2
+    assert "--spacing" in capsys.readouterr().err
+
+
+def test_volume_spacing_reads_metadata_only(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    zarr = pytest.importorskip("zarr")
+    from unetlab.data import read_volume, volume_spacing
+
+    vol = np.zeros((4, 8, 8), np.uint8)
+    tifffile.imwrite(tmp_path / "a.tif", vol, imagej=True, resolution=(1 / 0.5, 1 / 0.5),
+                     metadata={"spacing": 3.0, "axes": "ZYX"})
+    assert volume_spacing(tmp_path / "a.tif") == pytest.approx((3.0, 0.5, 0.5))
+    assert volume_spacing(tmp_path / "a.tif") == pytest.approx(read_volume(tmp_path / "a.tif")[1])
+    z = zarr.open_array(str(tmp_path / "v.zarr"), mode="w", shape=vol.shape, dtype="uint8")
+    z.attrs["spacing"] = [2, 1, 1]
+    assert volume_spacing(tmp_path / "v.zarr") == (2.0, 1.0, 1.0)
+    (tmp_path / "n.png").write_bytes(b"not an image")
+    assert volume_spacing(tmp_path / "n.png") is None
+    assert volume_spacing(tmp_path / "missing.tif") is None

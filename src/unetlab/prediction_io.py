@@ -54,7 +54,9 @@ class PredictOptions:
     device [--device]; precision [--precision]; threads [--threads] (None: by measurement);
     dask [--dask], workers [--workers], scheduler [--scheduler]; overwrite [--overwrite];
     progress [not --quiet]; close_membranes [--close-membranes]: P(cell) of a 2-class model
-    through :func:`unetlab.membranes.close_membranes` before it is written (TIFF output).
+    through :func:`unetlab.membranes.close_membranes` before it is written (TIFF output);
+    spacing [--spacing]: voxel size (dz, dy, dx) of 3D inputs for the choice of test-time
+    transforms and the instances' distances (None: as each file declares it).
     """
 
     tta: bool = False
@@ -76,6 +78,7 @@ class PredictOptions:
     overwrite: bool = False
     progress: bool = True
     close_membranes: bool = False
+    spacing: tuple[float, float, float] | None = None
 
     def check(self) -> None:
         """Raise :class:`UnetlabError` (naming the flag) for a value out of range or an option
@@ -102,6 +105,11 @@ class PredictOptions:
         if self.close_membranes and (self.dask or self.format != "tif"):
             raise UnetlabError("--close-membranes writes the closed map as a TIFF: leave out "
                                "--dask and --format (or use --format tif)")
+        if self.spacing is not None:
+            sp = tuple(self.spacing)
+            if len(sp) != 3 or not all(math.isfinite(float(v)) and float(v) > 0 for v in sp):
+                raise UnetlabError(f"--spacing: give three sizes > 0 (dz,dy,dx), got {sp}")
+            self.spacing = tuple(float(v) for v in sp)
         if not self.dask and (self.workers is not None or self.scheduler is not None):
             flag = "--workers" if self.workers is not None else "--scheduler"
             raise UnetlabError(f"{flag} applies to Dask prediction only: add --dask")

@@ -159,14 +159,34 @@ def _replace_folder(tmp: Path, final: Path) -> None:
         os.replace(tmp, final)
 
 
-def _predict_dask(model, job, opts, device, want_fg: bool, stack: bool):
+def _volume_spacing_and_tta(net, job, opts, log):
+    """(voxel size (dz, dy, dx) or None, ``tta`` for the engine) of a 3D job: the size is
+    ``opts.spacing`` or what the file declares; with ``opts.tta`` the count of rotations/flips
+    that respect it and the network's pooling (16 or 48, :func:`unetlab.tiling.tta_transforms`),
+    logged once per input."""
+    from .data.volumes import volume_spacing
+    from .predict import transforms
+    from .tiling import TileGeometry
+
+    spacing = opts.spacing or volume_spacing(job.path)
+    if not opts.tta:
+        return spacing, opts.tta
+    n = len(transforms(TileGeometry.from_net(net), True, spacing))
+    told = "--spacing" if opts.spacing else "declared by the file" if spacing else "none declared"
+    size = "x".join(f"{v:g}" for v in spacing) if spacing else "unknown"
+    log(f"{job.path}: voxel size (z, y, x) {size} ({told}): test-time augmentation over {n} "
+        f"rotations/flips")
+    return spacing, n
+
+
+def _predict_dask(model, job, opts, device, want_fg: bool, stack: bool, tta):
     import zarr
 
     from .dask_predict import run_dask_predict
 
     final = job.outputs[0]
     run_dask_predict(model, job.path, final, scheduler=opts.scheduler, workers=opts.workers,
-                     tta=opts.tta, tile=opts.tile, progress=opts.progress, device=str(device),
+                     tta=tta, tile=opts.tile, progress=opts.progress, device=str(device),
                      overwrite=opts.overwrite, batch_size=opts.batch, precision=opts.precision)
     fg = None
     if want_fg:
@@ -186,9 +206,10 @@ def overlay(grey: np.ndarray, labels_or_mask: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def _pictures(fg: np.ndarray, view, job, opts) -> list[Path]:
+def _pictures(fg: np.ndarray, view, job, opts, spacing=None) -> list[Path]:
     """Instance labels and overlays from P(cell) ``fg`` ((S, H, W) or (H, W); a volume's
-    (Z, Y, X) gives 3D instances and one overlay per slice)."""
+    (Z, Y, X) gives 3D instances — distances in units of its finest axis when its voxel
+    ``spacing`` is known, so ``--seed-h`` stays in pixels — and one overlay per slice)."""
     from .postprocess import to_instances
     from .writers import write_png, write_tiff
 
@@ -199,6 +220,8 @@ def _pictures(fg: np.ndarray, view, job, opts) -> list[Path]:
     if opts.instances:
         kw = dict(method=opts.method, threshold=opts.threshold, min_size=opts.min_size,
                   h=opts.seed_h)
+        if volume and spacing:
+            kw["spacing"] = tuple(float(v) / min(spacing) for v in spacing)
         labels = to_instances(fg, spatial_dims=3, **kw) if volume else \
             np.stack([to_instances(f, **kw) for f in fgs])
         f = names[f"{job.stem}_labels.tif"]
@@ -220,11 +243,12 @@ def predict_job(net, model, job, opts, device, log) -> list[Path]:
     volume = int(getattr(net, "spatial_dims", 2)) == 3
     view = VolumeView(job.source) if volume else NormalizedView(job.source)
     want_fg = job.pictures and (opts.instances or opts.overlays)
-    kw = dict(tile_size=opts.tile, tta=opts.tta, batch_size=opts.batch, device=device,
+    spacing, tta = _volume_spacing_and_tta(net, job, opts, log) if volume else (None, opts.tta)
+    kw = dict(tile_size=opts.tile, tta=tta, batch_size=opts.batch, device=device,
               progress=opts.progress, precision=opts.precision)
     final = job.outputs[0]
     if opts.dask:
-        written, fg = _predict_dask(model, job, opts, device, want_fg, _stack(view))
+        written, fg = _predict_dask(model, job, opts, device, want_fg, _stack(view), tta)
     elif opts.format == "tif":
         if opts.close_membranes and int(net.num_classes) != 2:
             raise UnetlabError(f"--close-membranes: needs a 2-class (membrane / cell) model; "
@@ -246,7 +270,7 @@ def predict_job(net, model, job, opts, device, log) -> list[Path]:
             f"{PICTURE_PIXELS} {'voxels' if volume else 'pixels'}); wrote the probabilities "
             "only")
     if want_fg:
-        written += _pictures(fg, view, job, opts)
+        written += _pictures(fg, view, job, opts, spacing)
     for f in written:
         log(f"{job.path} -> {f}")
     return written

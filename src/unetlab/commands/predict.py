@@ -85,6 +85,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "P(cell) — watershed regions of the membrane probability, merged across "
                         "weak boundaries, boundaries set to 0 (unetlab.membranes; halves the "
                         "Rand error on ISBI 2012, docs/isbi2012.md)")
+    p.add_argument("--spacing", default=None, metavar="DZ,DY,DX",
+                   help="3D models: voxel size of the inputs (any unit), for --tta (16 "
+                        "rotations/flips that keep z when z differs, else 48) and the 3D "
+                        "instances' distances (default: as each file declares it, ImageJ/OME "
+                        "TIFF or zarr metadata)")
     p.add_argument("--no-overlay", action="store_true", help="do not write overlay pictures")
     p.add_argument("--device", default=None, metavar="DEVICE",
                    help="auto, cpu, cuda or cuda:N (default: cuda when available)")
@@ -106,6 +111,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import UnetlabError
     from ..prediction_io import PredictOptions, predict_files
+    from ..training.config import parse_spacing
 
     model, inputs = args.model, list(args.inputs)
     if args.model_option is not None:
@@ -119,6 +125,16 @@ def run(args: argparse.Namespace) -> int:
         seed_h=args.seed_h, min_size=args.min_size, overlays=not args.no_overlay,
         device=args.device, precision=args.precision, threads=args.threads, dask=args.dask,
         workers=args.workers, scheduler=args.scheduler, overwrite=args.overwrite,
-        progress=not args.quiet, close_membranes=args.close_membranes)
+        progress=not args.quiet, close_membranes=args.close_membranes,
+        spacing=_spacing(args.spacing, parse_spacing, UnetlabError))
     predict_files(model, inputs, args.out, opts)
     return 0
+
+
+def _spacing(text, parse, error):
+    if text is None:
+        return None
+    try:
+        return parse(text)
+    except error as e:
+        raise error(f"--spacing {text!r}: {e}") from None

@@ -29,7 +29,7 @@ from .normalize import (normalization_stats, normalize_image, normalize_volume, 
 from .readers import IMAGE_SUFFIXES, MAX_PIXELS, check_size, read_image, read_stack
 from .sample import Sample
 from .sampler import TileSampler
-from .volumes import read_volume
+from .volumes import read_volume, volume_spacing
 
 __all__ = [
     "MAX_PIXELS",
@@ -52,6 +52,7 @@ __all__ = [
     "read_labels",
     "TileSampler",
     "read_volume",
+    "volume_spacing",
     "read_dataset_3d",
     "volume_to_instances",
     "normalize_volume",

@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import UnetlabError
 from .readers import MAX_PIXELS, _check_values, _first_line, _one_series, check_size
 
-__all__ = ["read_volume", "VOLUME_SUFFIXES"]
+__all__ = ["read_volume", "volume_spacing", "VOLUME_SUFFIXES"]
 
 #: File suffixes :func:`read_volume` reads (lower case); zarr stores are folders.
 VOLUME_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".zarr")
@@ -93,6 +93,39 @@ def _imagej_spacing(tf) -> tuple[float, float, float]:
     return float(meta.get("spacing", 1.0)), size("YResolution"), size("XResolution")
 
 
+def _tiff_spacing(tf) -> tuple[float, float, float] | None:
+    """(dz, dy, dx) an open TIFF declares (OME first, then ImageJ), or None."""
+    spacing = _ome_spacing(tf.ome_metadata) if tf.is_ome and tf.ome_metadata else None
+    if spacing is None and tf.is_imagej:
+        spacing = _imagej_spacing(tf)
+    return spacing
+
+
+def volume_spacing(path: str | os.PathLike) -> tuple[float, float, float] | None:
+    """The voxel size (dz, dy, dx) that a TIFF stack or zarr volume declares (the metadata
+    :func:`read_volume` reads), without reading its voxels; None when it declares none or is
+    not a TIFF/zarr volume. Metadata that cannot be read also gives None (the pixels' own
+    reader reports a bad file)."""
+    p = Path(path)
+    try:
+        if p.is_dir():
+            import zarr
+
+            node = zarr.open(str(p), mode="r")
+            if isinstance(node, zarr.Group):
+                return _ome_zarr(node, p)[2]
+            raw = node.attrs.get("spacing")
+            return None if raw is None else tuple(float(v) for v in raw)  # type: ignore
+        if p.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(p) as tf:
+                return _tiff_spacing(tf)
+    except Exception:  # noqa: BLE001 - unreadable metadata: no spacing (the reader reports it)
+        return None
+    return None
+
+
 def _read_tiff_volume(path: Path, limit: int):
     import tifffile
 
@@ -101,9 +134,7 @@ def _read_tiff_volume(path: Path, limit: int):
             series = _one_series(tf, path)
             check_size(path, series.shape, limit)
             arr, axes = np.asarray(series.asarray()), series.axes
-            spacing = _ome_spacing(tf.ome_metadata) if tf.is_ome and tf.ome_metadata else None
-            if spacing is None and tf.is_imagej:
-                spacing = _imagej_spacing(tf)
+            spacing = _tiff_spacing(tf)
     except UnetlabError:
         raise
     except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file
