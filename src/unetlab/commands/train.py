@@ -71,7 +71,7 @@ _METAVARS = {
     "val": "VAL", "labels": "LABELS", "val_labels": "LABELS", "width": "W", "depth": "D",
     "padding": "valid|same", "tile": "N", "batch": "B", "iterations": "N", "time": "DURATION",
     "optimizer": "sgd|adam", "lr": "LR", "momentum": "M", "schedule": "poly|cosine|constant",
-    "w0": "W0", "sigma": "PX", "seed": "S", "device": "auto|cpu|cuda", "grad_clip": "NORM",
+    "w0": "W0", "cldice": "W", "sigma": "PX", "seed": "S", "device": "auto|cpu|cuda", "grad_clip": "NORM",
     "norm": "none|batch|group|instance", "upsampling": "upconv|bilinear",
     "select": "rand_error|pixel_error|loss|seg|iou", "threads": "N", "dropout": "P",
     "precision": "auto|fp32|bf16", "preset": "auto|cpu|paper", "dims": "2|3",

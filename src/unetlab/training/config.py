@@ -110,6 +110,9 @@ class TrainConfig:
     w0: float = _opt(10.0, "border weight w0 of Eq. 2 (0 = no border term)")
     sigma: float = _opt(5.0, "border width σ of Eq. 2 (px)")
     balance: bool = _opt(True, "class-balance term w_c of Eq. 2")
+    cldice: float = _opt(0.0, "weight λ of a clDice term (Shit et al. 2021) on class 0, the "
+                         "membranes of EM maps, added to the weighted cross-entropy: a "
+                         "topology term for thin structures (docs/isbi2012.md); 0 = off")
     # ---- optimiser
     optimizer: str = _opt("sgd", "'sgd' (the paper) or 'adam'")
     lr: float = _opt(0.001, "peak learning rate (loss = weighted mean over labelled pixels); "
@@ -220,7 +223,7 @@ class TrainConfig:
         for name in ("lr", "sigma"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 self._bad(name, "must be a finite number > 0")
-        for name in ("w0", "weight_decay", "grad_clip"):
+        for name in ("w0", "weight_decay", "grad_clip", "cldice"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 self._bad(name, "must be a finite number ≥ 0")
         if not 0 <= self.momentum < 1:

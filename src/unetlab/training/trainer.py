@@ -139,6 +139,8 @@ class Trainer:
         with autocast(self.precision, self.device):
             logits = self.model(x)
         loss = loss_mod.weighted_cross_entropy(logits.float(), c, w)
+        if cfg.cldice > 0:
+            loss = loss + cfg.cldice * loss_mod.cldice_loss(logits, c)
         value, stop = reduce_step(float(loss.detach()), stop_requested, self.world_size)
         if not math.isfinite(value):
             raise NonFiniteLossError(
