@@ -27,6 +27,14 @@ def test_fallback_when_cpu_flags_are_missing(monkeypatch):
     assert "no native bf16" in hardware.describe_precision("fp32")
 
 
+def test_describe_precision_sentences(monkeypatch):
+    monkeypatch.delenv("UNETLAB_NO_NATIVE_BF16", raising=False)
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx512_bf16", "avx2"}))
+    monkeypatch.setattr(hardware, "native_bf16", lambda device="cpu": True)
+    assert hardware.describe_precision("fp32") == "fp32 (asked for; the CPU also has avx512_bf16)"
+    assert hardware.describe_precision("bf16") == "bf16 (CPU has avx512_bf16)"
+
+
 @pytest.mark.parametrize("bad", ["fp16x", "", "float32"])
 def test_bad_precision_names_the_option(bad):
     with pytest.raises(UnetlabError, match="--precision"):

@@ -112,7 +112,9 @@ def describe_precision(precision: str, device="cpu") -> str:
     else:
         has = torch.cuda.get_device_name(dev) + (" with bf16" if native else " without bf16")
     if precision == "fp32" and native:
-        return f"fp32 (asked for; {has[0].lower() + has[1:]} too)"
+        also = (f"the CPU also has {', '.join(flags)}" if dev.type == "cpu" else
+                f"{torch.cuda.get_device_name(dev)} has bf16 too")
+        return f"fp32 (asked for; {also})"
     if precision == "bf16" and not native:
         return f"bf16 (emulated, slow: {has})"
     return f"{precision} ({has})"
