@@ -316,3 +316,22 @@ def test_thread_count_is_measured_and_said(tmp_path, monkeypatch):
     lines.clear()
     train(tiny(tmp_path, "two", iterations=1, threads=2), say=lines.append)
     assert "2 thread(s) as asked" in lines[0]
+
+
+def test_resume_puts_back_the_gpu_rng_states_where_the_gpus_match(monkeypatch):
+    """Issue 13: the per-GPU RNG states a checkpoint saves are restored on resume (the same
+    number of GPUs), and left alone on a machine with another count or none."""
+    import torch
+
+    from unetlab.training.run_folder import restore_cuda_rng
+
+    put = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: put.append(states))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    states = [torch.arange(4, dtype=torch.uint8), torch.arange(4, 8, dtype=torch.uint8)]
+    assert restore_cuda_rng(states) is True and put == [states]
+    assert restore_cuda_rng(states[:1]) is False                 # one GPU saved, two here
+    assert restore_cuda_rng(None) is False and len(put) == 1     # a CPU checkpoint
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert restore_cuda_rng(states) is False and len(put) == 1

@@ -99,6 +99,18 @@ def rng_state() -> dict[str, Any]:
     return st
 
 
+def restore_cuda_rng(states) -> bool:
+    """Put back the per-GPU RNG states that :func:`rng_state` saved, where this machine has
+    the same number of GPUs (a checkpoint moved to another machine keeps the fresh states:
+    each step re-seeds every device anyway). Returns whether they were restored."""
+    import torch
+
+    if not states or not torch.cuda.is_available() or len(states) != torch.cuda.device_count():
+        return False
+    torch.cuda.set_rng_state_all(states)
+    return True
+
+
 def write_checkpoint(run: Path, checkpoint: dict, rows: list[dict],
                      fields: tuple[str, ...] = LOG_FIELDS) -> None:
     """``checkpoint.pt``, then ``model.pt`` (its model) and ``log.csv``, each atomically."""

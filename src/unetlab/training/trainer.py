@@ -22,8 +22,9 @@ import torch
 from .build import lr_at, make_optimizer, make_sampler
 from .config import HIGHER_IS_BETTER, TrainConfig, config_to_toml
 from .prefetch import Prefetcher, sample_batch, torch_seed
-from .run_folder import (CHECKPOINT_FORMAT, LOG_FIELDS, LOG_FIELDS_3D, model_dict, rng_state,
-                         to_cpu, write_checkpoint, write_curves, write_log)
+from .run_folder import (CHECKPOINT_FORMAT, LOG_FIELDS, LOG_FIELDS_3D, model_dict,
+                         restore_cuda_rng, rng_state, to_cpu, write_checkpoint, write_curves,
+                         write_log)
 from .signals import NonFiniteLossError, StopRequest, TrainingInterrupted
 from .validation import validation_scores, validation_targets
 
@@ -104,6 +105,7 @@ class Trainer:
         self.loss_sum, self.loss_n = float(acc["sum"]), int(acc["n"])
         self.elapsed0 = float(ckpt.get("seconds", 0.0))
         torch.set_rng_state(ckpt["rng"]["torch"])
+        restore_cuda_rng(ckpt["rng"].get("cuda"))
         self.fresh = False
 
     def seconds(self) -> float:
