@@ -93,3 +93,23 @@ def test_thread_count_does_not_measure_when_it_cannot_pay():
         assert calls                                    # enough steps: measured
     finally:
         torch.set_num_threads(before)
+
+
+def test_fp16_autocast_and_prediction_close_to_fp32():
+    """--precision fp16 (a GPU without bf16): convolutions in float16, the prediction within
+    2e-2 of fp32 (here on the CPU, where fp16 is emulated)."""
+    import numpy as np
+
+    from unetlab.model import UNet
+    from unetlab.predict import predict_tiled
+
+    with hardware.autocast("fp16", "cpu"):
+        y = torch.nn.functional.conv2d(torch.randn(1, 2, 8, 8), torch.randn(3, 2, 3, 3))
+    assert y.dtype == torch.float16
+    assert "fp16" in hardware.describe_precision("fp16")
+    torch.manual_seed(0)
+    net = UNet(width=4, depth=2)
+    img = np.random.default_rng(0).random((60, 70)).astype(np.float32)
+    a = predict_tiled(net, img, precision="fp32")
+    b = predict_tiled(net, img, precision="fp16")
+    assert np.abs(a - b).max() < 2e-2 and not np.array_equal(a, b)

@@ -335,3 +335,31 @@ def test_resume_puts_back_the_gpu_rng_states_where_the_gpus_match(monkeypatch):
     assert restore_cuda_rng(None) is False and len(put) == 1     # a CPU checkpoint
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert restore_cuda_rng(states) is False and len(put) == 1
+
+
+def test_fp16_trains_with_loss_scaling_and_resumes_bit_identically(tmp_path, monkeypatch):
+    """fp16 (auto on a GPU without bf16): the loss is scaled (torch.amp.GradScaler), the
+    scaler's state is in the checkpoint, and a run interrupted and resumed equals an
+    uninterrupted one. Runs on the CPU, where fp16 autocast is emulated."""
+    from unetlab import hardware
+
+    monkeypatch.setattr(hardware, "native_bf16", lambda device="cpu": False)
+    assert hardware.resolve_precision("auto", "cuda") == "fp16"
+    assert hardware.resolve_precision("auto", "cpu") == "fp32"
+    opts = dict(precision="fp16", optimizer="adam", lr=0.01, checkpoint_every=1)
+    whole = train(tiny(tmp_path, "whole", **opts))
+    ck = safe_load(whole / "checkpoint.pt")
+    assert ck["precision"] == "fp16" and ck["scaler"]["scale"] > 0
+
+    def interrupt(it, loss):
+        if it == 3:
+            raise KeyboardInterrupt
+
+    cfg = tiny(tmp_path, "cut", **opts)
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, callback=interrupt)
+    train(cfg, resume=True)
+    a, b = _state(whole / "checkpoint.pt"), _state(tmp_path / "cut" / "checkpoint.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert safe_load(tmp_path / "cut" / "checkpoint.pt")["scaler"] == ck["scaler"]
+    assert all(torch.isfinite(v).all() for v in a.values() if v.is_floating_point())

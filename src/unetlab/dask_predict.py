@@ -424,7 +424,7 @@ def predict_dask(model, array, tile_size=None, tta: bool = False, *, chunk: int 
         True: each slice is normalised as ``predict_tiled`` does (percentiles of the same
         subsample; a volume over the whole volume); False: the array is used as it is; or an
         explicit (S, C, 2) / (C, 2) array of (low, high).
-    precision : "fp32", "bf16" or "auto"
+    precision : "fp32", "bf16", "fp16" or "auto"
         Arithmetic of the forward pass, as in ``predict_tiled``.
 
     Returns

@@ -12,7 +12,7 @@ One loop for images and volumes (a ``spatial_dims=3`` network: Çiçek et al. 20
    callable and transformed by g;
 3. **run** (:class:`NetRunner`): batches of tiles through the network in eval mode, on the
    device, optionally channels-last (channels-last-3d for volumes), under the resolved
-   precision (fp32 or bf16 autocast); the soft-max and the TTA sum are computed in float32;
+   precision (fp32, or bf16/fp16 autocast); the soft-max and the TTA sum are computed in float32;
 4. **scatter**: the part each tile owns is transformed back by g⁻¹ and written (or added, with
    TTA) into ``out``, any writable array (numpy, memmap, zarr, a class-selecting view).
 
@@ -137,7 +137,7 @@ def balanced_tile(geom: TileGeometry, shape: Sequence[int], tile: Sequence[int]
 class NetRunner:
     """The network prepared for inference (eval mode, on ``device``, optionally channels-last)
     and restored on exit; calling it returns float32 soft-max probabilities (N, K, *spatial)
-    of a batch (N, C, *spatial), the forward pass run under ``precision`` ("fp32"/"bf16")."""
+    of a batch (N, C, *spatial), the forward pass run under ``precision`` ("fp32", "bf16" or "fp16")."""
 
     def __init__(self, net, device, channels_last: bool, precision: str = "fp32"):
         self.net, self.device = net, torch.device(device)

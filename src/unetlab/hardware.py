@@ -25,7 +25,7 @@ from typing import Callable
 
 from .errors import UnetlabError
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: CPU flags (``/proc/cpuinfo``) of native bf16 arithmetic that oneDNN uses for convolutions
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
@@ -88,14 +88,20 @@ def native_bf16(device="cpu") -> bool:
 
 
 def resolve_precision(precision: str | None = "auto", device="cpu") -> str:
-    """``"auto"`` → ``"bf16"`` where :func:`native_bf16` holds, else ``"fp32"``; ``"fp32"``
-    and ``"bf16"`` are returned as given (bf16 also runs, slowly, without native support).
-    Anything else is a :class:`UnetlabError` naming ``--precision``."""
+    """``"auto"`` → ``"bf16"`` where :func:`native_bf16` holds; on a CUDA GPU without bf16
+    (before compute capability 8, e.g. a T4) ``"fp16"`` (its tensor cores; training scales
+    the loss); else ``"fp32"``. ``"fp32"``, ``"bf16"`` and ``"fp16"`` are returned as given
+    (they also run, slowly, without native support). Anything else is a
+    :class:`UnetlabError` naming ``--precision``."""
+    import torch
+
     p = "auto" if precision is None else str(precision).strip().lower()
     if p not in PRECISIONS:
         raise UnetlabError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     if p == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
+        if native_bf16(device):
+            return "bf16"
+        return "fp16" if torch.device(device).type == "cuda" else "fp32"
     return p
 
 
@@ -117,20 +123,25 @@ def describe_precision(precision: str, device="cpu") -> str:
         return f"fp32 (asked for; {also})"
     if precision == "bf16" and not native:
         return f"bf16 (emulated, slow: {has})"
+    if precision == "fp16":
+        return (f"fp16 with loss scaling ({has})" if dev.type == "cuda" else
+                f"fp16 (slow on a CPU: {has})")
     return f"{precision} ({has})"
 
 
 def autocast(precision: str, device="cpu"):
     """The autocast context for an already resolved precision: bf16 → ``torch.autocast`` with
     ``torch.bfloat16`` on the device's type (weights stay fp32: the master copy); fp32 → a
-    no-op context. Losses and soft-max should be computed in fp32 outside or after it."""
+    no-op context; fp16 → ``torch.float16`` (train with a gradient scaler, as the trainer
+    does). Losses and soft-max should be computed in fp32 outside or after it."""
     import torch
 
-    if precision == "bf16":
-        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    if precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(torch.device(device).type, dtype=dtype)
     if precision == "fp32":
         return contextlib.nullcontext()
-    raise UnetlabError(f"precision {precision!r}: resolve it first (fp32 or bf16)")
+    raise UnetlabError(f"precision {precision!r}: resolve it first (fp32, bf16 or fp16)")
 
 
 def fastest_threads(step: Callable[[], object], repeats: int = 2) -> tuple[int, float, str]:

@@ -231,7 +231,7 @@ def predict_tiled(net, image, tile_size: int | Sequence[int] | None = None, tta=
         True: percentile normalisation per slice and channel (as training and the CLI;
         volumes: per channel over the whole volume); False: use the values as they are; or
         (S, C, 2) / (C, 2) (low, high) per channel.
-    precision : "fp32", "bf16" or "auto"
+    precision : "fp32", "bf16", "fp16" or "auto"
         Arithmetic of the forward pass (``unetlab.hardware.resolve_precision``; "auto": bf16
         where the device computes it natively). Soft-max and averaging are float32; bf16
         results agree with fp32 to ~1e-2.

@@ -93,9 +93,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-overlay", action="store_true", help="do not write overlay pictures")
     p.add_argument("--device", default=None, metavar="DEVICE",
                    help="auto, cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                    help="arithmetic of the network (default auto: bf16 where the CPU or GPU "
-                        "computes it natively, else fp32)")
+                        "computes it natively, fp16 on a GPU without bf16, else fp32)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads (default: the faster of 1 and all, measured on one tile)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")

@@ -74,7 +74,7 @@ _METAVARS = {
     "w0": "W0", "cldice": "W", "sigma": "PX", "seed": "S", "device": "auto|cpu|cuda", "grad_clip": "NORM",
     "norm": "none|batch|group|instance", "upsampling": "upconv|bilinear",
     "select": "rand_error|pixel_error|loss|seg|iou", "threads": "N", "dropout": "P",
-    "precision": "auto|fp32|bf16", "preset": "auto|cpu|paper", "dims": "2|3",
+    "precision": "auto|fp32|bf16|fp16", "preset": "auto|cpu|paper", "dims": "2|3",
     "pooling": "Z,Y,X", "tile_z": "N", "spacing": "DZ,DY,DX", "unlabelled": "N",
     "channels": "paper|doubled",
 }

@@ -192,7 +192,7 @@ class PredictWidget(QWidget):
         self.tile.setRange(0, 8192)
         self.tile.setSpecialValueText("automatic")
         self.precision = QComboBox()
-        self.precision.addItems(["auto", "fp32", "bf16"])
+        self.precision.addItems(["auto", "fp32", "bf16", "fp16"])
         self.instances = QCheckBox("instances (watershed)")
         self.instances.setChecked(True)
         self.job = _lay_out(self, "Predict", [

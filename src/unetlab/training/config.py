@@ -136,8 +136,9 @@ class TrainConfig:
     seed: int = _opt(0, "seed of initialisation, tiles, augmentation and dropout")
     device: str = _opt("auto", "'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:N'")
     precision: str = _opt("auto", "forward-pass precision: 'auto' (bf16 where the CPU/GPU "
-                          "computes it natively, else fp32), 'fp32' or 'bf16'; weights and "
-                          "loss stay fp32")
+                          "computes it natively, fp16 on a GPU without bf16, else fp32), "
+                          "'fp32', 'bf16' or 'fp16' (with loss scaling); weights and loss "
+                          "stay fp32")
     channels_last: bool = _opt(False, "channels_last memory format for training (on a CPU "
                                "the faster layout with bf16; NCHW is faster with fp32)")
     prefetch: int = _opt(2, "tiles prepared ahead by a background thread; 0 = in the loop")
@@ -163,7 +164,7 @@ class TrainConfig:
         choices = {"padding": ("valid", "same"), "norm": ("none", "batch", "group", "instance"),
                    "upsampling": ("upconv", "bilinear"), "optimizer": ("sgd", "adam"),
                    "schedule": ("poly", "cosine", "constant"), "channels": ("paper", "doubled"),
-                   "precision": ("auto", "fp32", "bf16"), "preset": ("auto", "cpu", "paper")}
+                   "precision": ("auto", "fp32", "bf16", "fp16"), "preset": ("auto", "cpu", "paper")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 self._bad(name, f"must be one of {', '.join(allowed)}")

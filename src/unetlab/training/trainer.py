@@ -55,7 +55,8 @@ class Trainer:
     """One training run into ``run``: ``restore(checkpoint)`` (optional), then ``fit()``.
 
     ``net`` is the plain module that is saved, validated and clipped; ``tile``/``out_size``
-    are the input/output tile sides (px); ``precision`` the resolved "fp32" or "bf16";
+    are the input/output tile sides (px); ``precision`` the resolved "fp32", "bf16" or
+    "fp16" (with loss scaling, ``torch.amp.GradScaler``);
     ``resolved`` a line recorded in config.toml (device, precision, threads); ``say`` prints
     information lines (rank 0)."""
 
@@ -78,6 +79,8 @@ class Trainer:
         self.log_fields = LOG_FIELDS_3D if config.dims == 3 else LOG_FIELDS
         net.to(device=device, memory_format=self.fmt)
         self.opt = make_optimizer(config, net.parameters())
+        # fp16 gradients underflow without loss scaling; for fp32/bf16 the scaler is a no-op
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.model = net
         self.start = self.iteration = self.saved_iteration = 0
         self.rows: list[dict] = []
@@ -106,6 +109,8 @@ class Trainer:
         self.elapsed0 = float(ckpt.get("seconds", 0.0))
         torch.set_rng_state(ckpt["rng"]["torch"])
         restore_cuda_rng(ckpt["rng"].get("cuda"))
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
         self.fresh = False
 
     def seconds(self) -> float:
@@ -149,12 +154,14 @@ class Trainer:
                 f"non-finite loss ({value}) at iteration {it + 1} (lr {lr:.3g}): training "
                 f"stopped; {self.run_dir / 'checkpoint.pt'} keeps the last good state "
                 f"(iteration {self.saved_iteration}); lower --lr or set --grad-clip")
-        loss.backward()
+        self.scaler.scale(loss).backward()
         del loss, logits
         if cfg.grad_clip > 0:
+            self.scaler.unscale_(self.opt)
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
         self._consistent = False
-        self.opt.step()
+        self.scaler.step(self.opt)       # skips the update when fp16 gradients overflowed
+        self.scaler.update()
         self.iteration += 1
         self.loss_sum += value
         self.loss_n += 1
@@ -219,7 +226,8 @@ class Trainer:
               "rng": rng_state(), "best": dict(self.best), "log": [dict(r) for r in self.rows],
               "accumulator": {"sum": self.loss_sum, "n": self.loss_n},
               "seconds": self.seconds(), "seed": self.config.seed, "precision": self.precision,
-              "rank": self.rank, "world_size": self.world_size}
+              "rank": self.rank, "world_size": self.world_size,
+              "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None}
         write_checkpoint(self.run_dir, ck, self.rows, self.log_fields)
         self.saved_iteration = it
 
