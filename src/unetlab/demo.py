@@ -178,8 +178,10 @@ def _calibrate_step(cfg, device) -> tuple[float, int, str]:
     return statistics.median(times), n, f"{n} thread(s) (GPU)"
 
 
-#: measured on the 2-core machine (width 16, depth 3, 252² tiles): predicting a 2048² image
-#: with 8-fold TTA takes about this many training-step times; evaluation and report ~ seconds
+#: predicting a 2048² image with 8-fold TTA (and choosing the instance settings) takes about
+#: this many training-step times: measured 390 with the cpu preset (bf16, 74 s at 0.19 s per
+#: step on one core of the 2-core AMD EPYC), 400 with the older depth-3 fp32 recipe; the
+#: estimate keeps a margin. Evaluation and report take seconds.
 _PREDICT_STEPS_PER_2048 = 450.0
 _EVAL_S_PER_2048 = 45.0
 _FIXED_S = 60.0
