@@ -131,7 +131,7 @@ def test_non_empty_folder_needs_overwrite_and_inputs_are_never_overwritten(tmp_p
     (["--log-every", "0"], "log_every (--log-every): must be ≥ 1"),
     (["--threads", "-1"], "threads (--threads): must be ≥ 0"),
     (["--threads", "100000"], "threads (--threads): must be ≤ 1024"),
-    (["--precision", "fp16"], "precision (--precision): must be one of auto, fp32, bf16"),
+    (["--precision", "fp8"], "precision (--precision): must be one of auto, fp32, bf16, fp16"),
     (["--device", "tpu"], "device (--device)"),
 ])
 def test_option_ranges_are_one_line_errors(tmp_path, capsys, flags, needle):
