@@ -52,8 +52,8 @@ def test_paper_preset_is_the_dataclass_default_everywhere(capsys):
 
 
 def test_flags_and_config_file_override_the_preset(tmp_path, capsys):
-    values, _ = _print_config(capsys, "--preset", "cpu", "--width", "32", "--norm", "group")
-    assert (values["width"], values["norm"], values["optimizer"]) == (32, "group", "adam")
+    values, _ = _print_config(capsys, "--preset", "cpu", "--width", "32", "--norm", "batch")
+    assert (values["width"], values["norm"], values["optimizer"]) == (32, "batch", "adam")
     cfg_file = tmp_path / "c.toml"
     cfg_file.write_text('optimizer = "sgd"\npreset = "cpu"\n')
     values, text = _print_config(capsys, "--config", str(cfg_file))

@@ -7,9 +7,10 @@ What it does (each step the paper's, at a size a laptop can run):
 2. **Training** (Sec. 3) — :func:`unetlab.training.train` with the device-aware recipe of
    ``unetlab train`` (:func:`unetlab.training.presets.recipe`, ``preset="auto"``: on a CPU the
    ``cpu`` preset — width 16, depth 4, 380² tiles, Adam with poly decay, bf16 where the CPU
-   has it — on a GPU the paper's), not a recipe of its own: one large tile per step,
-   cross-entropy weighted by Eq. 2's weight map (w0 = 10, σ = 5 px), elastic deformation and
-   the other augmentations, He initialisation. Unless ``iterations`` is given, the training
+   has it — on a GPU the paper's) plus one option, batch normalisation, which touching cells
+   need to learn their separation lines in minutes (``DemoSettings.options``): one large tile
+   per step, cross-entropy weighted by Eq. 2's weight map (w0 = 10, σ = 5 px), elastic
+   deformation and the other augmentations, He initialisation. Unless ``iterations`` is given, the training
    gets a wall-clock budget (``unetlab train --time``): ``train_minutes``, or less when the
    prediction of the large image (estimated from a timing of one training step here) would
    push the whole demo past ``total_minutes``.
@@ -68,7 +69,9 @@ class DemoSettings:
     train_size: int = 256          # their side (px)
     size: int = 2048               # side of the large predicted image (px)
     preset: str = "auto"           # unetlab train's device-aware recipe (cpu or paper)
-    options: dict = field(default_factory=dict)   # TrainConfig fields over the preset
+    #: TrainConfig fields over the preset; touching cells learn their separation lines within
+    #: minutes only with batch normalisation (docs/decisions.md: SEG 0.72 against 0.64)
+    options: dict = field(default_factory=lambda: {"norm": "batch"})
     seed_h: float = 1.0            # h of the watershed's distance-transform seeds (px)
     iterations: int | None = None  # None: a time budget from train_minutes
     train_minutes: float = 4.0     # most minutes of training when iterations is None
@@ -92,7 +95,8 @@ def demo_settings(quick: bool = False, iterations: int | None = None, size: int 
         raise UnetlabError(f"--preset {preset!r}: use one of {', '.join(PRESETS)}")
     if quick:
         s = DemoSettings(train_images=3, train_size=96, size=256, iterations=6, val_every=3,
-                         options=dict(width=4, depth=2, tile=100, precision="fp32"),
+                         options=dict(width=4, depth=2, tile=100, precision="fp32",
+                                      norm="batch"),
                          warping_crop=0, seed=seed, quick=True)
     else:
         s = DemoSettings(seed=seed)
