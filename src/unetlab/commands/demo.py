@@ -39,6 +39,8 @@ examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..training.presets import PRESETS
+
     p.add_argument("--out", default="runs/demo", metavar="DIR",
                    help="run folder to write (default: runs/demo)")
     p.add_argument("--quick", action="store_true",
@@ -47,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="training iterations (default: as many as fit --train-minutes)")
     p.add_argument("--train-minutes", type=float, default=None, metavar="M",
                    help="time budget of training when --iterations is not given (default 4)")
-    p.add_argument("--preset", default="auto", choices=("auto", "cpu", "paper"),
+    p.add_argument("--preset", default="auto", choices=PRESETS,
                    help="training recipe, as for 'unetlab train' (default: auto, the device's)")
     p.add_argument("--size", type=int, default=None, metavar="PX",
                    help="side of the large predicted image (default 2048; 256 with --quick)")

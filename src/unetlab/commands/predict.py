@@ -51,6 +51,8 @@ examples (`unetlab demo --data cells` makes cells/; `unetlab demo --out runs/dem
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..hardware import PRECISIONS
+
     p.add_argument("model", metavar="MODEL", help="model file (model.pt / best.pt / checkpoint.pt "
                                                   "of a run, a bioimage.io package) or the name "
                                                   "of a shipped model (`unetlab models`)")
@@ -93,7 +95,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-overlay", action="store_true", help="do not write overlay pictures")
     p.add_argument("--device", default=None, metavar="DEVICE",
                    help="auto, cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="arithmetic of the network (default auto: bf16 where the CPU or GPU "
                         "computes it natively, fp16 on a GPU without bf16, else fp32)")
     p.add_argument("--threads", type=int, default=None, metavar="N",

@@ -65,18 +65,16 @@ examples (the first line writes a small dataset to try it on):
            -m unetlab train data/ --out /shared/runs/ddp                 # 2 nodes
 """
 
-# metavars of the flags; every TrainConfig option is a flag --name-with-dashes (booleans also
-# --no-name), the positional DATA and --out excepted
+# metavars of the flags (options with a few named values show them: config.CHOICES); every
+# TrainConfig option is a flag --name-with-dashes (booleans also --no-name), the positional
+# DATA and --out excepted
 _METAVARS = {
     "val": "VAL", "labels": "LABELS", "val_labels": "LABELS", "width": "W", "depth": "D",
-    "padding": "valid|same", "tile": "N", "batch": "B", "iterations": "N", "time": "DURATION",
-    "optimizer": "sgd|adam", "lr": "LR", "momentum": "M", "schedule": "poly|cosine|constant",
-    "w0": "W0", "cldice": "W", "sigma": "PX", "seed": "S", "device": "auto|cpu|cuda", "grad_clip": "NORM",
-    "norm": "none|batch|group|instance", "upsampling": "upconv|bilinear",
+    "tile": "N", "batch": "B", "iterations": "N", "time": "DURATION", "lr": "LR",
+    "momentum": "M", "w0": "W0", "cldice": "W", "sigma": "PX", "seed": "S",
+    "device": "auto|cpu|cuda", "grad_clip": "NORM",
     "select": "rand_error|pixel_error|loss|seg|iou", "threads": "N", "dropout": "P",
-    "precision": "auto|fp32|bf16|fp16", "preset": "auto|cpu|paper", "dims": "2|3",
-    "pooling": "Z,Y,X", "tile_z": "N", "spacing": "DZ,DY,DX", "unlabelled": "N",
-    "channels": "paper|doubled",
+    "dims": "2|3", "pooling": "Z,Y,X", "tile_z": "N", "spacing": "DZ,DY,DX", "unlabelled": "N",
 }
 _TYPES = {"int": int, "float": float, "str": str}
 _GENERIC = {"int": "N", "float": "X", "str": "TEXT"}
@@ -90,7 +88,9 @@ def _options():
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..training import TrainConfig
+    from ..training.config import CHOICES
 
+    metavars = {**_METAVARS, **{name: "|".join(names) for name, names in CHOICES.items()}}
     defaults = TrainConfig()
     p.add_argument("data", metavar="DATA", nargs="?", default=None,
                    help="training data folder/stack, or 'synthetic'")
@@ -113,7 +113,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                            default=None, help=doc)
         else:
             p.add_argument(flag, dest=f.name, type=_TYPES[str(f.type)],
-                           metavar=_METAVARS.get(f.name, _GENERIC[str(f.type)]), default=None,
+                           metavar=metavars.get(f.name, _GENERIC[str(f.type)]), default=None,
                            help=doc)
 
 

@@ -177,6 +177,7 @@ class PredictWidget(QWidget):
         _PREDICT_WIDGETS.add(self)
         self.model = QComboBox()
         self.model.setEditable(True)
+        from ..hardware import PRECISIONS
         from ..shipped import pretrained_models
 
         self.model.addItems(sorted(pretrained_models()))     # the shipped models, by name
@@ -192,7 +193,7 @@ class PredictWidget(QWidget):
         self.tile.setRange(0, 8192)
         self.tile.setSpecialValueText("automatic")
         self.precision = QComboBox()
-        self.precision.addItems(["auto", "fp32", "bf16", "fp16"])
+        self.precision.addItems(list(PRECISIONS))
         self.instances = QCheckBox("instances (watershed)")
         self.instances.setChecked(True)
         self.job = _lay_out(self, "Predict", [

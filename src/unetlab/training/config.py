@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UnetlabError
+from ..hardware import PRECISIONS
+from .presets import PRESETS
 
 __all__ = ["TrainConfig", "config_to_toml", "config_from_mapping", "load_config",
            "resolve_config", "MAX_SEED", "check_seed", "TOML_HEADER", "SELECT",
-           "HIGHER_IS_BETTER", "parse_pooling", "parse_spacing"]
+           "HIGHER_IS_BETTER", "parse_pooling", "parse_spacing", "CHOICES"]
 
 #: largest seed accepted (seeds are ≥ 0; derived seeds such as ``seed + 1000`` stay < 2**32)
 MAX_SEED = 2**31 - 1
@@ -37,6 +39,14 @@ TOML_HEADER = "# unetlab train configuration (unetlab train --config FILE reads 
 
 def _opt(default, doc: str):
     return field(default=default, metadata={"doc": doc})
+
+
+#: the options that take one of a few names, and those names (``--help`` shows them as metavars)
+CHOICES: dict[str, tuple[str, ...]] = {
+    "padding": ("valid", "same"), "norm": ("none", "batch", "group", "instance"),
+    "upsampling": ("upconv", "bilinear"), "optimizer": ("sgd", "adam"),
+    "schedule": ("poly", "cosine", "constant"), "channels": ("paper", "doubled"),
+    "precision": PRECISIONS, "preset": PRESETS}
 
 
 @dataclass
@@ -161,11 +171,7 @@ class TrainConfig:
                            f"got {getattr(self, name)!r}")
 
     def _check_choices(self) -> None:
-        choices = {"padding": ("valid", "same"), "norm": ("none", "batch", "group", "instance"),
-                   "upsampling": ("upconv", "bilinear"), "optimizer": ("sgd", "adam"),
-                   "schedule": ("poly", "cosine", "constant"), "channels": ("paper", "doubled"),
-                   "precision": ("auto", "fp32", "bf16", "fp16"), "preset": ("auto", "cpu", "paper")}
-        for name, allowed in choices.items():
+        for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 self._bad(name, f"must be one of {', '.join(allowed)}")
         dev = self.device.strip().lower()
