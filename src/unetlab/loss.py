@@ -40,16 +40,12 @@ def center_crop(x: torch.Tensor, h: int, w: int, name: str = "labels") -> torch.
 
     Raises ``ValueError`` when ``x`` is smaller than (h, w): labels are never padded.
     """
-    H, W = int(x.shape[-2]), int(x.shape[-1])
-    if H < h or W < w:
-        raise ValueError(f"{name} ({H}×{W}) are smaller than the network output ({h}×{w}); "
-                         f"labels must cover at least the output (they are cropped, never padded)")
-    dh, dw = (H - h) // 2, (W - w) // 2
-    return x[..., dh:dh + h, dw:dw + w]
+    return _crop(x, (int(h), int(w)), name)
 
 
 def _crop(x: torch.Tensor, size: tuple[int, ...], name: str) -> torch.Tensor:
-    """The centre window ``size`` of the last ``len(size)`` axes of ``x`` (volumes)."""
+    """The centre window ``size`` of the last ``len(size)`` axes of ``x`` (images or volumes;
+    offset ``(have − size) // 2`` per axis); ``ValueError`` when ``x`` is smaller."""
     have = tuple(int(s) for s in x.shape[-len(size):])
     if any(a < b for a, b in zip(have, size)):
         raise ValueError(f"{name} ({'×'.join(map(str, have))}) are smaller than the network "
@@ -89,10 +85,7 @@ def weighted_cross_entropy(logits: torch.Tensor, classes: torch.Tensor,
         raise ValueError(f"classes must be {axes} with N = {n}, got shape {tuple(classes.shape)}")
     if classes.is_floating_point():
         raise ValueError(f"classes must be an integer tensor, got {classes.dtype}")
-    if len(spatial) == 2:
-        classes = center_crop(classes, *spatial, "classes").long()
-    else:
-        classes = _crop(classes, spatial, "classes").long()
+    classes = _crop(classes, spatial, "classes").long()
     logp = F.log_softmax(logits.float(), dim=1)
     # F.nll_loss gives −log p_ℓ(x)(x) per pixel and 0 where ℓ(x) == ignore_index
     nll = F.nll_loss(logp, classes, reduction="none", ignore_index=ignore_index)
@@ -101,8 +94,7 @@ def weighted_cross_entropy(logits: torch.Tensor, classes: torch.Tensor,
         if weights.dim() != 1 + len(spatial) or int(weights.shape[0]) != n:
             raise ValueError(f"weights must be {axes} with N = {n}, "
                              f"got shape {tuple(weights.shape)}")
-        weights = (center_crop(weights, *spatial, "weights") if len(spatial) == 2
-                   else _crop(weights, spatial, "weights")).to(nll.dtype)
+        weights = _crop(weights, spatial, "weights").to(nll.dtype)
         # ignored pixels have nll == 0 already; the where also stops a NaN/inf weight there
         nll = torch.where(labelled, nll * weights, torch.zeros((), dtype=nll.dtype, device=nll.device))
     count = labelled.sum()
@@ -159,8 +151,7 @@ def cldice_loss(logits: torch.Tensor, classes: torch.Tensor, structure: int = 0,
     centre-cropped as in :func:`weighted_cross_entropy`; pixels of ``ignore_index`` count in
     neither mask. Sums over the whole batch; computed in float32. A scalar in [0, 1]."""
     spatial = tuple(int(s) for s in logits.shape[2:])
-    classes = (center_crop(classes, *spatial, "classes") if len(spatial) == 2
-               else _crop(classes, spatial, "classes")).long()
+    classes = _crop(classes, spatial, "classes").long()
     known = (classes != ignore_index).unsqueeze(1).float()
     prob = F.softmax(logits.float(), dim=1)[:, structure:structure + 1] * known
     true = (classes == structure).unsqueeze(1).float()
