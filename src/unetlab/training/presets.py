@@ -25,6 +25,21 @@ __all__ = ["PRESETS", "preset_values", "choose_preset", "apply_preset", "preset_
 #: the names ``--preset`` accepts
 PRESETS = ("auto", "cpu", "paper")
 
+#: how long both paper recipes (2D and 3D) train: a fixed number of SGD steps
+_PAPER_STEPS: dict[str, tuple[Any, str]] = {
+    "iterations": (5000, "a fixed number of steps; use --time to give a wall-clock budget"),
+    "time": ("", "no wall-clock budget: the run makes --iterations steps"),
+    "warmup": (200, "200 steps of warm-up protect the first SGD steps at momentum 0.99"),
+}
+
+#: how long both CPU recipes (2D and 3D) train: Adam for an hour of wall-clock time
+_CPU_HOUR: dict[str, tuple[Any, str]] = {
+    "momentum": (0.9, "Adam's beta1 = 0.9 (its usual value)"),
+    "time": ("60m", "a one-hour wall-clock budget: iterations are set from the step time "
+             "measured on this machine so the schedule ends when the hour does"),
+    "warmup": (200, "200 steps of warm-up"),
+}
+
 #: the paper's recipe (Sec. 3): (value, reason) per option
 _PAPER: dict[str, tuple[Any, str]] = {
     "width": (64, "the paper's network: 64 channels in the first level (Fig. 1)"),
@@ -34,9 +49,7 @@ _PAPER: dict[str, tuple[Any, str]] = {
     "optimizer": ("sgd", "SGD with momentum 0.99 (Sec. 3)"),
     "momentum": (0.99, "high momentum: many earlier samples decide each update (Sec. 3)"),
     "lr": (0.001, "fastest stable SGD rate measured at width 64 (docs/decisions.md)"),
-    "iterations": (5000, "a fixed number of steps; use --time to give a wall-clock budget"),
-    "time": ("", "no wall-clock budget: the run makes --iterations steps"),
-    "warmup": (200, "200 steps of warm-up protect the first SGD steps at momentum 0.99"),
+    **_PAPER_STEPS,
     "channels_last": (False, "NCHW: the faster layout for the fp32 training step"),
 }
 
@@ -51,11 +64,8 @@ _CPU: dict[str, tuple[Any, str]] = {
     "tile": (380, "380² tiles (196² output): steps 2× cheaper than 572², so more of them"),
     "optimizer": ("adam", "Adam learns within a CPU budget where SGD 0.99 at a safe rate does "
                   "not (docs/isbi2012.md)"),
-    "momentum": (0.9, "Adam's beta1 = 0.9 (its usual value)"),
     "lr": (0.001, "Adam's usual rate; poly decay to 0 by the end of the budget"),
-    "time": ("60m", "a one-hour wall-clock budget: iterations are set from the step time "
-             "measured on this machine so the schedule ends when the hour does"),
-    "warmup": (200, "200 steps of warm-up"),
+    **_CPU_HOUR,
 }
 
 
@@ -84,9 +94,7 @@ _PAPER_3D: dict[str, tuple[Any, str]] = {
     "optimizer": ("sgd", "SGD with momentum 0.99, the 2015 recipe the 3D U-Net builds on"),
     "momentum": (0.99, "high momentum: many earlier samples decide each update"),
     "lr": (0.001, "the 2D recipe's rate (not tuned for volumes)"),
-    "iterations": (5000, "a fixed number of steps; use --time to give a wall-clock budget"),
-    "time": ("", "no wall-clock budget: the run makes --iterations steps"),
-    "warmup": (200, "200 steps of warm-up protect the first SGD steps at momentum 0.99"),
+    **_PAPER_STEPS,
 }
 
 #: the 3D CPU recipe: (value, reason) per option
@@ -110,12 +118,9 @@ _CPU_3D: dict[str, tuple[Any, str]] = {
                "or with --pooling 1,2,2"),
     "optimizer": ("adam", "Adam learns within a CPU budget where SGD 0.99 at a safe rate does "
                   "not (the 2D ablations, docs/isbi2012.md)"),
-    "momentum": (0.9, "Adam's beta1 = 0.9 (its usual value)"),
     "lr": (0.003, "3× Adam's usual rate: with batch normalisation it learned fastest in the "
            "measurement above; poly decay to 0 by the end of the budget"),
-    "time": ("60m", "a one-hour wall-clock budget: iterations are set from the step time "
-             "measured on this machine so the schedule ends when the hour does"),
-    "warmup": (200, "200 steps of warm-up"),
+    **_CPU_HOUR,
 }
 
 
