@@ -120,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
         model, inputs = args.model_option, [args.model, *inputs]
     if not inputs:
         raise UnetlabError("INPUT: give at least one image, folder or pattern to predict")
+    try:
+        spacing = parse_spacing(args.spacing or "")
+    except UnetlabError as e:
+        raise UnetlabError(f"--spacing {args.spacing!r}: {e}") from None
 
     opts = PredictOptions(
         tta=args.tta, tile=args.tile, batch=args.batch, format=args.format,
@@ -128,15 +132,6 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, precision=args.precision, threads=args.threads, dask=args.dask,
         workers=args.workers, scheduler=args.scheduler, overwrite=args.overwrite,
         progress=not args.quiet, close_membranes=args.close_membranes,
-        spacing=_spacing(args.spacing, parse_spacing, UnetlabError))
+        spacing=spacing)
     predict_files(model, inputs, args.out, opts)
     return 0
-
-
-def _spacing(text, parse, error):
-    if text is None:
-        return None
-    try:
-        return parse(text)
-    except error as e:
-        raise error(f"--spacing {text!r}: {e}") from None

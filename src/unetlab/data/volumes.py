@@ -114,8 +114,7 @@ def volume_spacing(path: str | os.PathLike) -> tuple[float, float, float] | None
             node = zarr.open(str(p), mode="r")
             if isinstance(node, zarr.Group):
                 return _ome_zarr(node, p)[2]
-            raw = node.attrs.get("spacing")
-            return None if raw is None else tuple(float(v) for v in raw)  # type: ignore
+            return _zarr_array_spacing(node, p)
         if p.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
@@ -167,6 +166,21 @@ def _ome_zarr(group, path: Path):
     return arr, names, spacing
 
 
+def _zarr_array_spacing(arr, path: Path) -> tuple[float, float, float] | None:
+    """The ``spacing`` attribute (z, y, x) of a plain zarr array, or None without one."""
+    raw = arr.attrs.get("spacing")
+    if raw is None:
+        return None
+    try:
+        spacing = tuple(float(v) for v in raw)
+    except (TypeError, ValueError):
+        spacing = ()
+    if len(spacing) != 3:
+        raise UnetlabError(f"{path}: attribute 'spacing' must be 3 numbers (z, y, x), "
+                           f"got {raw!r}")
+    return spacing  # type: ignore[return-value]
+
+
 def _read_zarr_volume(path: Path, limit: int):
     import zarr
 
@@ -182,14 +196,7 @@ def _read_zarr_volume(path: Path, limit: int):
         if axes is None:
             raise UnetlabError(f"{path}: a zarr array of shape {arr.shape} is not a volume "
                                f"(expected (Z, Y, X) or (C, Z, Y, X))")
-        raw = arr.attrs.get("spacing", (1.0, 1.0, 1.0))
-        try:
-            spacing = tuple(float(v) for v in raw)
-        except (TypeError, ValueError):
-            spacing = ()
-        if len(spacing) != 3:
-            raise UnetlabError(f"{path}: attribute 'spacing' must be 3 numbers (z, y, x), "
-                               f"got {raw!r}")
+        spacing = _zarr_array_spacing(arr, path) or (1.0, 1.0, 1.0)
     check_size(path, arr.shape, limit)
     return _to_czyx(np.asarray(arr[...]), axes, path), spacing
 
