@@ -8,12 +8,12 @@ What it does (each step the paper's, at a size a laptop can run):
    ``unetlab train`` (:func:`unetlab.training.presets.recipe`, ``preset="auto"``: on a CPU the
    ``cpu`` preset — width 16, depth 4, 380² tiles, Adam with poly decay, bf16 where the CPU
    has it — on a GPU the paper's) plus one option, batch normalisation, which touching cells
-   need to learn their separation lines in minutes (``DemoSettings.options``): one large tile
+   need to learn their separation lines in minutes (:data:`CELL_OPTIONS`): one large tile
    per step, cross-entropy weighted by Eq. 2's weight map (w0 = 10, σ = 5 px), elastic
-   deformation and the other augmentations, He initialisation. Unless ``iterations`` is given, the training
-   gets a wall-clock budget (``unetlab train --time``): ``train_minutes``, or less when the
-   prediction of the large image (estimated from a timing of one training step here) would
-   push the whole demo past ``total_minutes``.
+   deformation and the other augmentations, He initialisation. Unless ``iterations`` is
+   given, the training gets a wall-clock budget (``unetlab train --time``): ``train_minutes``,
+   or less when the prediction of the large image (estimated from a timing of one training
+   step here) would push the whole demo past ``total_minutes``.
 3. **Prediction** (Sec. 2, Fig. 2; Sec. 4) — overlap-tile prediction of the large image with
    8-fold test-time averaging (:func:`unetlab.predict.predict_tiled`).
 4. **Instances** — :func:`unetlab.postprocess.to_instances`: P(cell) > threshold, then a
@@ -61,6 +61,11 @@ _DEMO_FILES = ("config.toml", "checkpoint.pt", "model.pt", "best.pt", "log.csv",
 _DEMO_DIRS = ("report_data", "prediction", "report_files")
 
 
+#: TrainConfig fields the demo sets over the preset: touching cells learn their separation
+#: lines within minutes only with batch normalisation (docs/decisions.md: SEG 0.72 against 0.64)
+CELL_OPTIONS = {"norm": "batch"}
+
+
 @dataclass
 class DemoSettings:
     """Sizes of one demo run (pixels, counts, seconds); the training recipe is ``preset``'s
@@ -69,9 +74,7 @@ class DemoSettings:
     train_size: int = 256          # their side (px)
     size: int = 2048               # side of the large predicted image (px)
     preset: str = "auto"           # unetlab train's device-aware recipe (cpu or paper)
-    #: TrainConfig fields over the preset; touching cells learn their separation lines within
-    #: minutes only with batch normalisation (docs/decisions.md: SEG 0.72 against 0.64)
-    options: dict = field(default_factory=lambda: {"norm": "batch"})
+    options: dict = field(default_factory=lambda: dict(CELL_OPTIONS))  # over the preset
     seed_h: float = 1.0            # h of the watershed's distance-transform seeds (px)
     iterations: int | None = None  # None: a time budget from train_minutes
     train_minutes: float = 4.0     # most minutes of training when iterations is None
@@ -95,8 +98,8 @@ def demo_settings(quick: bool = False, iterations: int | None = None, size: int 
         raise UnetlabError(f"--preset {preset!r}: use one of {', '.join(PRESETS)}")
     if quick:
         s = DemoSettings(train_images=3, train_size=96, size=256, iterations=6, val_every=3,
-                         options=dict(width=4, depth=2, tile=100, precision="fp32",
-                                      norm="batch"),
+                         options=dict(CELL_OPTIONS, width=4, depth=2, tile=100,
+                                      precision="fp32"),
                          warping_crop=0, seed=seed, quick=True)
     else:
         s = DemoSettings(seed=seed)
