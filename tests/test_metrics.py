@@ -311,6 +311,39 @@ def test_iou_hand_case():
         metrics.iou(a, b[:3])
 
 
+def test_iou_by_threshold_equals_iou_of_each_mask():
+    """The sorted sweep against metrics.iou of each thresholded mask, restricted to the
+    annotated pixels; thresholds equal to probabilities present test the strict '>'."""
+    rng = np.random.default_rng(3)
+    prob = np.round(rng.random((2, 9, 11)), 1)          # many ties with the thresholds
+    truth = rng.random(prob.shape) < 0.4
+    annotated = rng.random(prob.shape) < 0.7
+    th = [0.0, 0.1, 0.25, 0.5, 0.7, 1.0]
+    got = metrics.iou_by_threshold(prob, truth, th, annotated)
+    want = [metrics.iou(truth[annotated], prob[annotated] > t) for t in th]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(metrics.iou_by_threshold(prob, truth, th),
+                               [metrics.iou(truth, prob > t) for t in th], atol=1e-12)
+    assert metrics.iou_by_threshold(np.zeros(4), np.zeros(4), [0.5])[0] == 1.0   # empty union
+    with pytest.raises(UnetlabError, match="annotated mask shape"):
+        metrics.iou_by_threshold(prob, truth, th, annotated[0])
+    with pytest.raises(UnetlabError, match="does not match"):
+        metrics.iou_by_threshold(prob[0], truth, th)
+
+
+def test_best_iou_threshold_hand_case():
+    """A map whose cells sit at 0.3-0.4 and background at 0.1-0.2 (a network the weighted loss
+    left unsure): 0.5 finds nothing, the best threshold separates the two exactly."""
+    truth = np.array([1, 1, 1, 0, 0, 0, 1, 0])
+    prob = np.array([0.3, 0.4, 0.35, 0.1, 0.2, 0.15, 0.32, 0.9])
+    annotated = np.array([1, 1, 1, 1, 1, 1, 1, 0], bool)    # the 0.9 pixel is unannotated
+    assert metrics.iou(truth, prob > 0.5) == 0.0
+    th, score = metrics.best_iou_threshold(prob, truth, annotated)
+    assert th == pytest.approx(0.2) and score == 1.0         # lowest of the tied 0.20, 0.25
+    th, score = metrics.best_iou_threshold(prob, truth, thresholds=[0.25, 0.5])
+    assert (th, score) == (0.25, pytest.approx(4 / 5))       # the 0.9 pixel now counts
+
+
 def test_seg_hand_case():
     gt = np.zeros((3, 10), np.int32)
     gt[0, 0:4] = 1          # R1: 4 px
