@@ -153,6 +153,39 @@ def test_cells_and_instances(tmp_path, capsys):
     assert "mean accuracy" in capsys.readouterr().out
 
 
+def test_cells_of_probability_maps_name_the_best_threshold(tmp_path, capsys):
+    """Two P(cell) volumes of a network sure of nothing above 0.45: 0.5 finds no cell, the
+    best threshold is the one metrics.best_iou_threshold finds on the pooled voxels; label
+    predictions get no threshold line."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "p").mkdir()
+    (tmp_path / "g").mkdir()
+    probs, gts = [], []
+    for name in ("a", "b"):
+        gt = np.zeros((4, 12, 12), np.uint16)
+        gt[1:3, 2:7, 2:7], gt[1:4, 7:11, 6:11] = 1, 2
+        prob = np.where(gt > 0, 0.3 + 0.15 * rng.random(gt.shape),
+                        0.35 * rng.random(gt.shape)).astype(np.float32)
+        tifffile.imwrite(tmp_path / "p" / f"{name}_prob.tif", prob)
+        tifffile.imwrite(tmp_path / "g" / f"{name}.tif", gt)
+        probs.append(prob.ravel())
+        gts.append(gt.ravel() > 0)
+    out = tmp_path / "o"
+    assert main(["evaluate", str(tmp_path / "p"), str(tmp_path / "g"), "--metrics", "cells",
+                 "--volume", "--out", str(out)]) == 0
+    res = json.loads((out / "metrics.json").read_text())
+    t, best = metrics.best_iou_threshold(np.concatenate(probs), np.concatenate(gts))
+    assert res["iou"] == 0.0 and 0.3 <= t < 0.45 and best > 0.5
+    assert res["best_threshold"] == {"threshold": pytest.approx(t), "iou": pytest.approx(best)}
+    assert f"P(cell) > {t:.2f} gives the best foreground IoU" in capsys.readouterr().out
+    for name in ("a", "b"):                  # labels: no threshold to choose
+        tifffile.imwrite(tmp_path / "p" / f"{name}_prob.tif",
+                         tifffile.imread(tmp_path / "g" / f"{name}.tif"))
+    assert main(["evaluate", str(tmp_path / "p"), str(tmp_path / "g"), "--metrics", "cells",
+                 "--volume"]) == 0
+    assert "best foreground IoU" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("case, words", [
     ("shape", "does not match"),
     ("range", "[0, 1]"),

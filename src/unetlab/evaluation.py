@@ -317,17 +317,25 @@ def read_volume_instances(a: np.ndarray, path: str | os.PathLike) -> np.ndarray:
     return _label_or_prob(a, path, 3, volume_to_instances)
 
 
+def _is_probability(a: np.ndarray, path) -> bool:
+    """Whether ``a`` is P(cell): floats with fractional values (then they must lie in
+    [0, 1]); integer-valued arrays are labels."""
+    if np.issubdtype(a.dtype, np.floating) and np.isfinite(a).all() \
+            and not np.array_equal(a, np.round(a)):
+        if a.min() < 0 or a.max() > 1:
+            raise UnetlabError(f"{path}: a float prediction must be P(cell) in [0, 1] or integer "
+                               "labels")
+        return True
+    return False
+
+
 def _label_or_prob(a, path, ndim: int, label_rule) -> np.ndarray:
     """P(cell) (fractional floats in [0, 1]) → face-connected regions > 0.5; labels →
     ``label_rule(a, path)``."""
     from scipy import ndimage
 
     a = np.asarray(a)
-    if np.issubdtype(a.dtype, np.floating) and np.isfinite(a).all() \
-            and not np.array_equal(a, np.round(a)):
-        if a.min() < 0 or a.max() > 1:
-            raise UnetlabError(f"{path}: a float prediction must be P(cell) in [0, 1] or integer "
-                               "labels")
+    if _is_probability(a, path):
         return ndimage.label(a > 0.5, structure=ndimage.generate_binary_structure(ndim, 1))[0]
     return label_rule(a, path)
 
@@ -384,12 +392,16 @@ def _instances(p: Pair, volume: bool) -> tuple[np.ndarray, np.ndarray]:
 
 def evaluate_cells(pairs: list[Pair], volume: bool = False) -> dict:
     """SEG (mean Jaccard of the reference objects, pooled) and foreground IoU, per image too
-    (``volume``: per volume, 3D objects)."""
+    (``volume``: per volume, 3D objects). When every PRED is P(cell), also ``best_threshold``:
+    the threshold with the best pooled foreground IoU and that IoU
+    (:func:`unetlab.metrics.best_iou_threshold`; P(cell) > 0.5 gives ``iou`` and SEG)."""
     from . import metrics
 
-    rows, inter, union = [], 0, 0
+    rows, inter, union, probs = [], 0, 0, []
     for p in pairs:
         gi, pi = _instances(p, volume)
+        if _is_probability(np.asarray(p.pred), p.pred_path):
+            probs.append((np.asarray(p.pred, np.float32).ravel(), (gi > 0).ravel()))
         a, b = gi > 0, pi > 0
         inter += int(np.count_nonzero(a & b))
         union += int(np.count_nonzero(a | b))
@@ -401,8 +413,14 @@ def evaluate_cells(pairs: list[Pair], volume: bool = False) -> dict:
     if not total:
         raise UnetlabError(f"GT {_sources(pairs)[1]}: no object in any ground-truth image")
     seg_all = sum(r["seg"] * r["n_true"] for r in rows if r["seg"] is not None) / total
-    return {"metrics": "cells", "seg": seg_all, "iou": inter / union if union else 1.0,
-            "n_true": total, "per_image": rows}
+    out = {"metrics": "cells", "seg": seg_all, "iou": inter / union if union else 1.0,
+           "n_true": total, "per_image": rows}
+    if probs and len(probs) == len(pairs):
+        # every PRED is P(cell): the threshold whose foreground IoU, pooled, is best
+        t, best = metrics.best_iou_threshold(np.concatenate([q for q, _ in probs]),
+                                             np.concatenate([g for _, g in probs]))
+        out["best_threshold"] = {"threshold": t, "iou": best}
+    return out
 
 
 def evaluate_instances(pairs: list[Pair], volume: bool = False) -> dict:

@@ -25,7 +25,9 @@ metrics.csv and (isbi) one picture per slice marking the topological errors.
   red and merge error pixels in cyan at the threshold with the lowest warping error (marks
   are enlarged to 5x5 pixels so that they are visible).
 --metrics cells: Cell Tracking Challenge SEG (the "IOU" of the paper's Table 2) and the IoU of
-  the foreground masks, per image and pooled.
+  the foreground masks, per image and pooled. When PRED is P(cell), also the threshold with the
+  best pooled IoU (0.05 ... 0.95): a network trained with the weighted loss is not calibrated
+  to 0.5 (choose it on annotated data you do not report, use it with predict --threshold).
 --metrics instances: matching at IoU 0.50, 0.55, ..., 0.95 (precision, recall, F1, accuracy =
   TP/(TP+FP+FN) = the DSB 2018 "AP", panoptic quality), pooled over images.
   For cells/instances both PRED and GT are label images: integer instance ids (0 =
@@ -124,6 +126,11 @@ def run(args) -> int:
         print(f"cell metrics, {len(r['per_image'])} {what}: SEG {r['seg']:.4f} (pooled over "
               f"{r['n_true']} reference objects), foreground IoU {r['iou']:.4f}")
         _print_table(r["per_image"], ["image", "n_true", "n_pred", "seg", "iou"])
+        if "best_threshold" in r:
+            b = r["best_threshold"]
+            print(f"  P(cell) > {b['threshold']:.2f} gives the best foreground IoU, "
+                  f"{b['iou']:.4f} (0.5 gives {r['iou']:.4f}): choose it on annotated data "
+                  "you do not report, then 'unetlab predict --threshold'")
     else:
         print(f"instance matching: mean accuracy (AP, IoU 0.50:0.95) {r['mean_accuracy']:.4f}")
         _print_table(r["per_threshold"], ["threshold", "tp", "fp", "fn", "precision", "recall",
