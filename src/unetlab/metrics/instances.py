@@ -18,8 +18,9 @@ import numpy as np
 from ..errors import UnetlabError
 from .isbi import _as_stack
 
-__all__ = ["iou", "iou_by_threshold", "best_iou_threshold", "seg", "matching", "DEFAULT_IOU_THRESHOLDS", "split_merge_map", "CATEGORY_MATCHED",
-           "CATEGORY_MERGE", "CATEGORY_SPLIT", "CATEGORY_MISSED", "CATEGORY_FALSE_POSITIVE"]
+__all__ = ["iou", "iou_by_threshold", "best_iou_threshold", "seg", "matching",
+           "DEFAULT_IOU_THRESHOLDS", "split_merge_map", "CATEGORY_MATCHED", "CATEGORY_MERGE",
+           "CATEGORY_SPLIT", "CATEGORY_MISSED", "CATEGORY_FALSE_POSITIVE"]
 
 
 def iou(gt_mask, pred_mask) -> float:
