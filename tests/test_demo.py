@@ -44,14 +44,15 @@ def test_demo_trains_with_the_presets_of_unetlab_train(tmp_path):
     for preset in ("cpu", "paper"):
         cfg = training_config(dataclasses.replace(s, preset=preset), tmp_path, "cpu")
         ref = recipe(preset, device="cpu")
-        for name in ("width", "depth", "tile", "optimizer", "lr", "momentum", "schedule",
+        for name in ("width", "depth", "tile", "optimizer", "momentum", "schedule",
                      "precision", "channels_last", "w0", "sigma", "augment", "dropout"):
             assert getattr(cfg, name) == getattr(ref, name), (preset, name)
-        assert cfg.norm == "batch"                       # the one option over the preset
+        assert (cfg.norm, cfg.lr) == ("batch", 0.003)    # the two options over the preset
         assert (cfg.data, cfg.synthetic_size, cfg.out) == ("synthetic", 256, str(tmp_path))
     auto = training_config(s, tmp_path, "cpu")
     assert (auto.preset, auto.width, auto.optimizer) == ("cpu", 16, "adam")
-    assert training_config(dataclasses.replace(s, options={}), tmp_path, "cpu").norm == "none"
+    plain = training_config(dataclasses.replace(s, options={}), tmp_path, "cpu")
+    assert (plain.norm, plain.lr) == ("none", recipe("cpu", device="cpu").lr)
     quick = training_config(demo_settings(quick=True), tmp_path, "cpu", iterations=6)
     assert (quick.width, quick.depth, quick.tile, quick.iterations, quick.time) == (
         4, 2, 100, 6, "")
@@ -177,7 +178,7 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
         assert (out / name).is_file(), name
     config = (out / "config.toml").read_text()              # the preset reached the trainer
     assert 'preset = "cpu"' in config and 'optimizer = "adam"' in config
-    assert 'norm = "batch"' in config
+    assert 'norm = "batch"' in config and 'lr = 0.003' in config
     assert 'width = 4' in config and 'synthetic_size = 96' in config
     metrics = json.loads((out / "report_data" / "metrics.json").read_text())
     assert 0.0 <= metrics["isbi2012"]["pixel_error"] <= 1.0 and 0.0 <= metrics["seg"] <= 1.0

@@ -10,9 +10,9 @@ DESCRIPTION = """\
 The whole method end to end on generated touching cells, no data or download needed:
 generate training images, train a U-Net with the recipe 'unetlab train' picks for the device
 (--preset auto: on a CPU the cpu preset, width 16, depth 4, 380 x 380 tiles, Adam, bf16 where
-the CPU has it; on a GPU the paper's), with batch normalisation, which touching cells need to
-learn their separation lines in minutes (the weight map of Eq. 2 with w0 = 10, sigma = 5,
-elastic deformation, one tile per step), predict a large image (2048 x 2048 by default) with
+the CPU has it; on a GPU the paper's), with batch normalisation and Adam's rate 0.003, which
+touching cells need to learn their separation lines in minutes (the weight map of Eq. 2 with
+w0 = 10, sigma = 5, elastic deformation, one tile per step), predict a large image (2048 x 2048 by default) with
 overlap-tile and 8-fold test-time averaging, split instances (watershed of the distance
 transform), evaluate (ISBI pixel/Rand error, SEG, matching F1/AP, merges and splits) and write
 OUT/report.html. It ends by printing where the report is and the headline metrics. 4 to 9
@@ -49,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=int, default=None, metavar="N",
                    help="training iterations (default: as many as fit --train-minutes)")
     p.add_argument("--train-minutes", type=float, default=None, metavar="M",
-                   help="time budget of training when --iterations is not given (default 4)")
+                   help="time budget of training when --iterations is not given (default 3.5)")
     p.add_argument("--preset", default="auto", choices=PRESETS,
                    help="training recipe, as for 'unetlab train' (default: auto, the device's)")
     p.add_argument("--size", type=int, default=None, metavar="PX",
