@@ -329,15 +329,18 @@ def _is_probability(a: np.ndarray, path) -> bool:
     return False
 
 
+def _prob_regions(prob: np.ndarray, ndim: int) -> np.ndarray:
+    """The face-connected regions of P(cell) > 0.5 as int32 instances."""
+    from scipy import ndimage
+
+    return ndimage.label(prob > 0.5, structure=ndimage.generate_binary_structure(ndim, 1))[0]
+
+
 def _label_or_prob(a, path, ndim: int, label_rule) -> np.ndarray:
     """P(cell) (fractional floats in [0, 1]) → face-connected regions > 0.5; labels →
     ``label_rule(a, path)``."""
-    from scipy import ndimage
-
     a = np.asarray(a)
-    if _is_probability(a, path):
-        return ndimage.label(a > 0.5, structure=ndimage.generate_binary_structure(ndim, 1))[0]
-    return label_rule(a, path)
+    return _prob_regions(a, ndim) if _is_probability(a, path) else label_rule(a, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -397,11 +400,15 @@ def evaluate_cells(pairs: list[Pair], volume: bool = False) -> dict:
     (:func:`unetlab.metrics.best_iou_threshold`; P(cell) > 0.5 gives ``iou`` and SEG)."""
     from . import metrics
 
+    read = read_volume_instances if volume else read_instances
     rows, inter, union, probs = [], 0, 0, []
     for p in pairs:
-        gi, pi = _instances(p, volume)
-        if _is_probability(np.asarray(p.pred), p.pred_path):
-            probs.append((np.asarray(p.pred, np.float32).ravel(), (gi > 0).ravel()))
+        gi, pred = read(p.gt, p.gt_path), np.asarray(p.pred)
+        if _is_probability(pred, p.pred_path):          # checked once: regions and threshold
+            pi = _prob_regions(pred, 3 if volume else 2)
+            probs.append((pred.astype(np.float32).ravel(), (gi > 0).ravel()))
+        else:
+            pi = read(pred, p.pred_path)
         a, b = gi > 0, pi > 0
         inter += int(np.count_nonzero(a & b))
         union += int(np.count_nonzero(a | b))
