@@ -46,6 +46,62 @@ def test_lr_schedule():
     assert lr_at(c, 77) == 0.1
 
 
+@pytest.mark.parametrize("iterations", [1, 2, 3, 7, 100, 1003])
+def test_one_cycle_schedule_matches_torch(iterations):
+    # independent reference: torch's OneCycleLR with its defaults, without the momentum cycle
+    c = TrainConfig(lr=0.01, iterations=iterations, warmup=50, schedule="onecycle")
+    if iterations == 1:  # torch needs two steps or more; one step gets a rate in (0, lr]
+        assert 0 < lr_at(c, 0) <= 0.01
+        return
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.01, total_steps=iterations,
+                                                cycle_momentum=False)
+    ours = []
+    for it in range(iterations):
+        assert lr_at(c, it) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9, abs=1e-15)
+        ours.append(lr_at(c, it))
+        opt.step()
+        sched.step()
+    if iterations >= 7:  # shorter runs start past the rise (torch's phase bounds, too)
+        assert ours[0] == pytest.approx(0.01 / 25)
+    assert max(ours) <= 0.01 + 1e-15 and ours[-1] == pytest.approx(0.01 / 25 / 1e4)
+    assert lr_at(c, iterations + 5) == ours[-1]  # past the end: stays at the floor
+
+
+def test_adamw_decouples_weight_decay():
+    # hand case: parameter 1, zero loss gradient, lr 0.1, weight decay 0.5. AdamW shrinks the
+    # weight by lr·wd (→ 0.95) and its Adam step on a zero gradient is 0; Adam adds wd·p to the
+    # gradient, and its normalised first step is lr·sign (→ 0.9)
+    from unetlab.training.build import make_optimizer
+
+    result = {}
+    for name in ("adam", "adamw"):
+        p = torch.nn.Parameter(torch.ones(1))
+        opt = make_optimizer(TrainConfig(optimizer=name, lr=0.1, momentum=0.9,
+                                         weight_decay=0.5), [p])
+        p.grad = torch.zeros(1)
+        opt.step()
+        result[name] = float(p)
+    assert result["adamw"] == pytest.approx(0.95)
+    assert result["adam"] == pytest.approx(0.9)
+
+
+def test_elastic_sigma_reaches_the_sampler(tmp_path):
+    from unetlab.training.build import build_net, load_samples, make_sampler
+
+    for sigma in (0.0, 4.5):
+        cfg = tiny(tmp_path, elastic_sigma=sigma).check()
+        net, tile, out = build_net(cfg, 1)
+        sampler = make_sampler(cfg, load_samples(cfg)[0], tile, out)
+        assert sampler.augment.elastic_sigma == sigma
+        assert sampler.augment.rotation > 0  # the other augmentations stay
+    cfg = tiny(tmp_path, augment=False).check()
+    assert make_sampler(cfg, load_samples(cfg)[0], tile, out).augment is None
+    with pytest.raises(UnetlabError, match=r"elastic_sigma \(--elastic-sigma\): must be a finite"):
+        tiny(tmp_path, elastic_sigma=-1.0).check()
+
+
 # ------------------------------------------------------------------------------ learning
 def test_loss_falls_on_synthetic_data(tmp_path):
     # one image, no augmentation: the weighted loss must drop clearly within 40 steps

@@ -471,7 +471,8 @@ def _notes(s: DemoSettings, cfg, precision: str, model_name: str,
            chosen: dict) -> list[str]:
     """One sentence on what was trained and how the instances were made (``cfg``: the
     training's TrainConfig as written to config.toml)."""
-    opt = (f"Adam (lr {cfg.lr:g}, β1 {cfg.momentum:g}" if cfg.optimizer == "adam"
+    adam = {"adam": "Adam", "adamw": "AdamW"}.get(cfg.optimizer)
+    opt = (f"{adam} (lr {cfg.lr:g}, β1 {cfg.momentum:g}" if adam
            else f"SGD (lr {cfg.lr:g}, momentum {cfg.momentum:g}")
     note = (f"unetlab train's {cfg.preset} preset: U-Net depth {cfg.depth}, width {cfg.width}, "
             f"{cfg.padding}" + (f", {cfg.norm} normalisation" if cfg.norm != "none" else "")

@@ -16,7 +16,12 @@ __all__ = ["build_net", "check_geometry", "make_optimizer", "lr_at", "load_sampl
 
 def lr_at(config: TrainConfig, it: int) -> float:
     """Learning rate of step ``it`` (0-based): linear warm-up over ``warmup`` steps, then the
-    decay ``schedule`` over the whole run (t = it / iterations)."""
+    decay ``schedule`` over the whole run (t = it / iterations). 'onecycle' has its own
+    warm-up and ignores ``warmup``: cosine from lr/25 up to lr over the first 30 % of the
+    steps, then cosine down to lr/(25·10⁴), as ``torch.optim.lr_scheduler.OneCycleLR`` with
+    its defaults (without its momentum cycle)."""
+    if config.schedule == "onecycle":
+        return config.lr * _one_cycle(it, config.iterations)
     f = 1.0
     if config.warmup > 0 and it < config.warmup:
         f = (it + 1) / config.warmup
@@ -26,6 +31,26 @@ def lr_at(config: TrainConfig, it: int) -> float:
     elif config.schedule == "cosine":
         f *= 0.5 * (1.0 + math.cos(math.pi * t))
     return config.lr * f
+
+
+#: one-cycle: share of the steps spent rising, start = peak / DIV, end = start / FINAL_DIV
+ONE_CYCLE_RISE, ONE_CYCLE_DIV, ONE_CYCLE_FINAL_DIV = 0.3, 25.0, 1e4
+
+
+def _one_cycle(it: int, iterations: int) -> float:
+    """The one-cycle factor of step ``it`` of ``iterations``: cosine annealing from 1/DIV to 1
+    at step ``RISE·iterations − 1``, then to 1/(DIV·FINAL_DIV) at the last step."""
+    start, end = 1.0 / ONE_CYCLE_DIV, 1.0 / (ONE_CYCLE_DIV * ONE_CYCLE_FINAL_DIV)
+    top = float(ONE_CYCLE_RISE * iterations) - 1.0
+    last = max(iterations - 1, 1)
+    it = min(max(it, 0), last)
+
+    def anneal(a: float, b: float, frac: float) -> float:
+        return b + (a - b) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+    if top > 0 and it <= top:
+        return anneal(start, 1.0, it / top)
+    return anneal(1.0, end, (it - top) / max(last - top, 1e-12))
 
 
 #: the in-plane input tile of volumes when ``tile`` is 0: Çiçek et al. 2016 (Sec. 2)
@@ -98,14 +123,16 @@ def check_geometry(config: TrainConfig) -> None:
 
 
 def make_optimizer(config: TrainConfig, params):
-    """SGD with momentum (the paper) or Adam (``momentum`` is its beta1)."""
+    """SGD with momentum (the paper), Adam or AdamW (``momentum`` is their beta1; AdamW's
+    ``weight_decay`` is decoupled from the gradient)."""
     import torch
 
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                weight_decay=config.weight_decay)
-    return torch.optim.Adam(params, lr=config.lr, betas=(config.momentum, 0.999),
-                            weight_decay=config.weight_decay)
+    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=config.lr, betas=(config.momentum, 0.999),
+               weight_decay=config.weight_decay)
 
 
 def _read(path: str, labels: str, what: str):
@@ -213,10 +240,11 @@ def make_sampler(config: TrainConfig, train_samples, tile, out_size):
     opts = dict(w0=config.w0, sigma=config.sigma, balance=config.balance)
     if config.dims == 2:
         targets_fn = functools.partial(training_targets, **opts)
-        augment = Augment.paper() if config.augment else None
+        augment = Augment(elastic_sigma=config.elastic_sigma) if config.augment else None
     else:
         targets_fn = functools.partial(volume_targets, **opts)
-        augment = Augment(spacing=augment_spacing(train_samples)) if config.augment else None
+        augment = (Augment(elastic_sigma=config.elastic_sigma,
+                           spacing=augment_spacing(train_samples)) if config.augment else None)
     return TileSampler(train_samples, tile, out_size, targets_fn, augment).precompute()
 
 
@@ -236,7 +264,8 @@ def timing_step(net, optimizer: str, tile: int, device, precision: str = "fp32",
     with torch.random.fork_rng(devices=[]):
         probe = copy.deepcopy(net).to(device).train()
         x = torch.randn(batch, probe.in_channels, *size, device=device)
-    opt = (torch.optim.Adam(probe.parameters(), lr=1e-9) if optimizer == "adam"
+    adam = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(optimizer)
+    opt = (adam(probe.parameters(), lr=1e-9) if adam
            else torch.optim.SGD(probe.parameters(), lr=1e-9, momentum=0.99))
 
     def step() -> None:

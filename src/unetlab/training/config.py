@@ -44,8 +44,8 @@ def _opt(default, doc: str):
 #: the options that take one of a few names, and those names (``--help`` shows them as metavars)
 CHOICES: dict[str, tuple[str, ...]] = {
     "padding": ("valid", "same"), "norm": ("none", "batch", "group", "instance"),
-    "upsampling": ("upconv", "bilinear"), "optimizer": ("sgd", "adam"),
-    "schedule": ("poly", "cosine", "constant"), "channels": ("paper", "doubled"),
+    "upsampling": ("upconv", "bilinear"), "optimizer": ("sgd", "adam", "adamw"),
+    "schedule": ("poly", "cosine", "onecycle", "constant"), "channels": ("paper", "doubled"),
     "precision": PRECISIONS, "preset": PRESETS}
 
 
@@ -114,8 +114,11 @@ class TrainConfig:
     time: str = _opt("", "wall-clock budget, e.g. 60m, 90s, 1h30m: a new run measures its step "
                      "time and sets iterations so that the learning-rate schedule ends when the "
                      "time does; '' = use iterations")
-    augment: bool = _opt(True, "random elastic deformation (3×3 grid, σ 10 px), rotation, "
-                         "flips, shifts and grey values (Sec. 3.1)")
+    augment: bool = _opt(True, "random elastic deformation (3×3 grid, σ --elastic-sigma px), "
+                         "rotation, flips, shifts and grey values (Sec. 3.1)")
+    elastic_sigma: float = _opt(10.0, "strength of the elastic deformation: standard deviation "
+                                "of the displacements on its coarse grid (px; 10 in Sec. 3.1); "
+                                "0 = none (the other augmentations stay)")
     # ---- targets (Eq. 2)
     w0: float = _opt(10.0, "border weight w0 of Eq. 2 (0 = no border term)")
     sigma: float = _opt(5.0, "border width σ of Eq. 2 (px)")
@@ -124,14 +127,19 @@ class TrainConfig:
                          "membranes of EM maps, added to the weighted cross-entropy: a "
                          "topology term for thin structures (docs/isbi2012.md); 0 = off")
     # ---- optimiser
-    optimizer: str = _opt("sgd", "'sgd' (the paper) or 'adam'")
+    optimizer: str = _opt("sgd", "'sgd' (the paper), 'adam' or 'adamw' (Adam with decoupled "
+                          "--weight-decay, Loshchilov & Hutter 2019)")
     lr: float = _opt(0.001, "peak learning rate (loss = weighted mean over labelled pixels); "
                      "with SGD momentum m the effective step is lr/(1−m) = 100·lr")
-    momentum: float = _opt(0.99, "SGD momentum (0.99 in the paper); Adam's beta1")
-    weight_decay: float = _opt(0.0, "L2 weight decay")
-    schedule: str = _opt("poly", "learning-rate decay: 'poly' (lr·(1−t)^0.9), 'cosine' or "
-                         "'constant'")
-    warmup: int = _opt(200, "iterations of linear learning-rate warm-up from 0")
+    momentum: float = _opt(0.99, "SGD momentum (0.99 in the paper); Adam's and AdamW's beta1")
+    weight_decay: float = _opt(0.0, "weight decay: an L2 term in the gradient for sgd and adam, "
+                               "decoupled for adamw")
+    schedule: str = _opt("poly", "learning-rate decay: 'poly' (lr·(1−t)^0.9), 'cosine', "
+                         "'onecycle' (cosine from lr/25 up to lr over the first 30 % of the "
+                         "steps, then down to lr/(25·10⁴); Smith & Topin 2019; --warmup is "
+                         "not used) or 'constant'")
+    warmup: int = _opt(200, "iterations of linear learning-rate warm-up from 0 (not with "
+                       "--schedule onecycle, which has its own)")
     grad_clip: float = _opt(0.0, "clip the global gradient norm to this value; 0 = off")
     # ---- validation, logging, checkpoints
     val_every: int = _opt(500, "validate every N iterations (and at the end)")
@@ -230,7 +238,7 @@ class TrainConfig:
         for name in ("lr", "sigma"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 self._bad(name, "must be a finite number > 0")
-        for name in ("w0", "weight_decay", "grad_clip", "cldice"):
+        for name in ("w0", "weight_decay", "grad_clip", "cldice", "elastic_sigma"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 self._bad(name, "must be a finite number ≥ 0")
         if not 0 <= self.momentum < 1:
