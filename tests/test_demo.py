@@ -50,7 +50,7 @@ def test_demo_trains_with_the_presets_of_unetlab_train(tmp_path):
         assert (cfg.norm, cfg.lr) == ("batch", 0.003)    # the two options over the preset
         assert (cfg.data, cfg.synthetic_size, cfg.out) == ("synthetic", 256, str(tmp_path))
     auto = training_config(s, tmp_path, "cpu")
-    assert (auto.preset, auto.width, auto.optimizer) == ("cpu", 16, "adam")
+    assert (auto.preset, auto.width, auto.optimizer, auto.sigma) == ("cpu", 16, "adam", 3.0)
     plain = training_config(dataclasses.replace(s, options={}), tmp_path, "cpu")
     assert (plain.norm, plain.lr) == ("none", recipe("cpu", device="cpu").lr)
     quick = training_config(demo_settings(quick=True), tmp_path, "cpu", iterations=6)

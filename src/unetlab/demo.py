@@ -10,7 +10,7 @@ What it does (each step the paper's, at a size a laptop can run):
    has it — on a GPU the paper's) plus two options, batch normalisation and Adam's rate
    0.003, which touching cells need to learn their separation lines in minutes
    (:data:`CELL_OPTIONS`): one large tile
-   per step, cross-entropy weighted by Eq. 2's weight map (w0 = 10, σ = 5 px), elastic
+   per step, cross-entropy weighted by Eq. 2's weight map (w0 = 10, σ = 3 px on a CPU), elastic
    deformation and the other augmentations, He initialisation. Unless ``iterations`` is
    given, the training gets a wall-clock budget (``unetlab train --time``): ``train_minutes``,
    or less when the prediction of the large image (estimated from a timing of one training

@@ -12,7 +12,7 @@ generate training images, train a U-Net with the recipe 'unetlab train' picks fo
 (--preset auto: on a CPU the cpu preset, width 16, depth 4, 380 x 380 tiles, Adam, bf16 where
 the CPU has it; on a GPU the paper's), with batch normalisation and Adam's rate 0.003, which
 touching cells need to learn their separation lines in minutes (the weight map of Eq. 2 with
-w0 = 10, sigma = 5, elastic deformation, one tile per step), predict a large image (2048 x 2048
+w0 = 10, sigma = 3 (the cpu preset's), elastic deformation, one tile per step), predict a large image (2048 x 2048
 by default) with overlap-tile and 8-fold test-time averaging, split instances (watershed of the
 distance transform), evaluate (ISBI pixel/Rand error, SEG, matching F1/AP, merges and splits)
 and write OUT/report.html. It ends by printing where the report is and the headline metrics.

@@ -16,8 +16,8 @@ Sec. 3.1, He initialisation.
 The options not given come from --preset: 'auto' (default) is 'paper' on a GPU and 'cpu' on a
 CPU. 'paper' is Sec. 3 exactly (width 64, depth 4, 572 -> 388 tiles, SGD momentum 0.99, 5000
 iterations). 'cpu' learns within an hour on a laptop CPU: width 16, 380 -> 196 tiles, Adam,
---time 60m (docs/isbi2012.md has the ablations behind it). --print-config shows each value and
-why the preset chose it.
+a 3 px border band (--sigma 3), --time 60m (docs/isbi2012.md has the ablations behind it).
+--print-config shows each value and why the preset chose it.
 
 DATA is a dataset folder (image/ + label/ sub-folders, ISBI train-volume.tif + train-labels.tif,
 a Cell Tracking Challenge folder) or 'synthetic' (generated touching cells).
