@@ -6,15 +6,14 @@ What it does (each step the paper's, at a size a laptop can run):
    training images, two validation images, and one large test image (2048×2048 by default).
 2. **Training** (Sec. 3) — :func:`unetlab.training.train` with the device-aware recipe of
    ``unetlab train`` (:func:`unetlab.training.presets.recipe`, ``preset="auto"``: on a CPU the
-   ``cpu`` preset — width 16, depth 4, 380² tiles, Adam with poly decay, bf16 where the CPU
-   has it — on a GPU the paper's) plus two options, batch normalisation and Adam's rate
-   0.003, which touching cells need to learn their separation lines in minutes
-   (:data:`CELL_OPTIONS`): one large tile
-   per step, cross-entropy weighted by Eq. 2's weight map (w0 = 10, σ = 3 px on a CPU), elastic
-   deformation and the other augmentations, He initialisation. Unless ``iterations`` is
-   given, the training gets a wall-clock budget (``unetlab train --time``): ``train_minutes``,
-   or less when the prediction of the large image (estimated from a timing of one training
-   step here) would push the whole demo past ``total_minutes``.
+   ``cpu`` preset — width 16, depth 4, 380² tiles, Adam with poly decay, bf16 where the CPU has
+   it — on a GPU the paper's) plus two options, batch normalisation and Adam's rate 0.003,
+   which touching cells need to learn their separation lines in minutes (:data:`CELL_OPTIONS`):
+   one large tile per step, cross-entropy weighted by Eq. 2's weight map (w0 = 10, σ = 3 px on
+   a CPU), elastic deformation and the other augmentations, He initialisation. Unless
+   ``iterations`` is given, the training gets a wall-clock budget (``unetlab train --time``):
+   ``train_minutes``, or less when the prediction of the large image (estimated from a timing
+   of one training step here) would push the whole demo past ``total_minutes``.
 3. **Prediction** (Sec. 2, Fig. 2; Sec. 4) — overlap-tile prediction of the large image with
    8-fold test-time averaging (:func:`unetlab.predict.predict_tiled`).
 4. **Instances** — :func:`unetlab.postprocess.to_instances`: P(cell) > threshold, then a

@@ -7,18 +7,18 @@ from ._options import seed
 
 HELP = "train, predict, evaluate and report on synthetic touching cells (a few minutes)"
 DESCRIPTION = """\
-The whole method end to end on generated touching cells, no data or download needed:
-generate training images, train a U-Net with the recipe 'unetlab train' picks for the device
-(--preset auto: on a CPU the cpu preset, width 16, depth 4, 380 x 380 tiles, Adam, bf16 where
-the CPU has it; on a GPU the paper's), with batch normalisation and Adam's rate 0.003, which
-touching cells need to learn their separation lines in minutes (the weight map of Eq. 2 with
-w0 = 10, sigma = 3 (the cpu preset's), elastic deformation, one tile per step), predict a large image (2048 x 2048
-by default) with overlap-tile and 8-fold test-time averaging, split instances (watershed of the
-distance transform), evaluate (ISBI pixel/Rand error, SEG, matching F1/AP, merges and splits)
-and write OUT/report.html. It ends by printing where the report is and the headline metrics.
-4 to 9 minutes on a 2-core CPU: unless --iterations is given, training gets a wall-clock budget
-(as 'unetlab train --time') of --train-minutes, less when predicting the large image would take
-the demo past 9 minutes.
+The whole method end to end on generated touching cells, no data or download needed: generate
+training images, train a U-Net with the recipe 'unetlab train' picks for the device (--preset
+auto: on a CPU the cpu preset, width 16, depth 4, 380 x 380 tiles, Adam, bf16 where the CPU has
+it; on a GPU the paper's), with batch normalisation and Adam's rate 0.003, which touching cells
+need to learn their separation lines in minutes (the weight map of Eq. 2 with w0 = 10 and the
+preset's sigma, 3 px on a CPU; elastic deformation, one tile per step), predict a large image
+(2048 x 2048 by default) with overlap-tile and 8-fold test-time averaging, split instances
+(watershed of the distance transform), evaluate (ISBI pixel/Rand error, SEG, matching F1/AP,
+merges and splits) and write OUT/report.html. It ends by printing where the report is and the
+headline metrics. 4 to 9 minutes on a 2-core CPU: unless --iterations is given, training gets a
+wall-clock budget (as 'unetlab train --time') of --train-minutes, less when predicting the
+large image would take the demo past 9 minutes.
 
 OUT is a normal run folder (model.pt usable by 'unetlab predict' and 'unetlab export').
 Every option is checked first; only then does a rerun into the same folder replace the
