@@ -122,17 +122,24 @@ def check_geometry(config: TrainConfig) -> None:
                            f"{config.synthetic_size}")
 
 
+def _adam_class(optimizer: str):
+    """``torch.optim.Adam`` or ``AdamW`` for ``--optimizer`` 'adam' or 'adamw'; None for SGD."""
+    import torch
+
+    return {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(optimizer)
+
+
 def make_optimizer(config: TrainConfig, params):
     """SGD with momentum (the paper), Adam or AdamW (``momentum`` is their beta1; AdamW's
     ``weight_decay`` is decoupled from the gradient)."""
     import torch
 
-    if config.optimizer == "sgd":
+    adam = _adam_class(config.optimizer)
+    if adam is None:
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                weight_decay=config.weight_decay)
-    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=config.lr, betas=(config.momentum, 0.999),
-               weight_decay=config.weight_decay)
+    return adam(params, lr=config.lr, betas=(config.momentum, 0.999),
+                weight_decay=config.weight_decay)
 
 
 def _read(path: str, labels: str, what: str):
@@ -264,7 +271,7 @@ def timing_step(net, optimizer: str, tile: int, device, precision: str = "fp32",
     with torch.random.fork_rng(devices=[]):
         probe = copy.deepcopy(net).to(device).train()
         x = torch.randn(batch, probe.in_channels, *size, device=device)
-    adam = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(optimizer)
+    adam = _adam_class(optimizer)
     opt = (adam(probe.parameters(), lr=1e-9) if adam
            else torch.optim.SGD(probe.parameters(), lr=1e-9, momentum=0.99))
 
