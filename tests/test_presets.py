@@ -28,6 +28,8 @@ def test_auto_on_a_cpu_is_the_cpu_recipe_with_reasons(capsys):
         assert values[name] == value, name
     assert (values["width"], values["optimizer"], values["time"]) == (16, "adam", "60m")
     assert values["sigma"] == 3.0  # the ISBI 2012 hours on both splits (docs/isbi2012.md)
+    assert values["dropout"] == 0.5  # kept: an hour without dropout was not better on both
+    assert "# why (cpu preset): the paper's dropout 0.5" in text
     # one comment line saying why, above each option the preset chose
     why = [line for line in text.splitlines() if line.startswith("# why (cpu preset)")]
     assert len(why) == len(presets.preset_values("cpu"))
